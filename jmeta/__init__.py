@@ -1,0 +1,1 @@
+"""jmeta: functional JAX meta-learning."""
