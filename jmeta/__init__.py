@@ -1,1 +1,3 @@
 """jmeta: functional JAX meta-learning."""
+
+__version__ = "0.1.0"

@@ -3,7 +3,7 @@
 Shapes are written in comments as `[T, N*S, H, W, C]`: T tasks, N ways, S support views (or K
 shots) per class, Q query views per class, images H×W with C channels.
 """
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 
@@ -26,3 +26,10 @@ class Batch(NamedTuple):
   """Labeled images, the input of one inner-loop step."""
   images: jax.Array  # [B, H, W, C]
   labels: jax.Array  # [B] int32
+
+
+class Model(NamedTuple):
+  """A model as a pair of pure functions (optax style)."""
+  init: Callable[[PRNGKey], Params]                # key -> params
+  apply: Callable[[Params, jax.Array], jax.Array]  # (params, images [B, H, W, C]) -> [B, D]
+  embedding_dim: int                               # D

@@ -1,0 +1,3 @@
+"""Models as pure (init, apply) pairs."""
+from jmeta.models import conv4
+from jmeta.models import layers

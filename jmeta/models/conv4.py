@@ -1,0 +1,74 @@
+"""Conv4: the standard few-shot backbone (Vinyals et al. 2016; Finn et al. 2017).
+
+4 blocks of [3×3 conv, `width` channels, norm, ReLU, 2×2 max-pool]; 28×28 inputs give
+`width`-d features (28→14→7→3→1), 84×84 give 5·5·`width` = 1600-d features for width 64.
+"""
+import jax
+import jax.numpy as jnp
+
+from jmeta.models import layers
+from jmeta.types import Model, Params, PRNGKey
+
+
+def _spatial_after_blocks(size: int, num_blocks: int) -> int:
+  for _ in range(num_blocks):
+    size //= 2
+  return size
+
+
+def make(*, image_size: int = 28, channels: int = 1, width: int = 64, num_blocks: int = 4,
+         norm: str = "batch", num_groups: int = 8, conv_impl: str = "matmul") -> Model:
+  """Builds Conv4.
+
+  Args:
+    image_size: input height = width (28 for Omniglot, 84 for mini-ImageNet).
+    channels: input channels.
+    width: channels of every conv.
+    num_blocks: conv blocks (4 is Conv4).
+    norm: "batch" (transductive batch statistics), "group" or "none".
+    num_groups: groups for norm="group".
+    conv_impl: "matmul" (fast under vmap on CPU) or "xla".
+
+  Returns:
+    A `Model`; `apply(params, images)` maps `[B, image_size, image_size, channels]` floats in
+    [0, 1] to `[B, embedding_dim]` features.
+  """
+  layers.check_choice("norm", norm, layers.NORM_MODES)
+  layers.check_choice("conv_impl", conv_impl, layers.CONV_IMPLS)
+  if norm == "group" and width % num_groups:
+    raise ValueError(f"num_groups={num_groups} must divide width={width} for norm='group'.")
+  spatial = _spatial_after_blocks(image_size, num_blocks)
+  if spatial < 1:
+    raise ValueError(f"image_size={image_size} is too small for num_blocks={num_blocks} "
+                     "2×2 poolings.")
+  embedding_dim = spatial * spatial * width
+
+  def init(key: PRNGKey) -> Params:
+    params = {}
+    in_channels = channels
+    for index, block_key in enumerate(jax.random.split(key, num_blocks)):
+      key_kernel, key_bias = jax.random.split(block_key)
+      fan_in = 9 * in_channels
+      params[f"block{index}"] = {
+          "conv": {"kernel": layers.uniform_init(key_kernel, (3, 3, in_channels, width), fan_in),
+                   "bias": layers.uniform_init(key_bias, (width,), fan_in)},
+          "norm": {"scale": jnp.ones((width,)), "offset": jnp.zeros((width,))},
+      }
+      in_channels = width
+    return params
+
+  def apply(params: Params, images: jax.Array) -> jax.Array:
+    if images.ndim != 4 or images.shape[1:] != (image_size, image_size, channels):
+      raise ValueError(f"Conv4 expects images [B, {image_size}, {image_size}, {channels}], got "
+                       f"{images.shape}; set image_size/channels to match the data.")
+    x = images
+    for index in range(num_blocks):
+      block = params[f"block{index}"]
+      x = layers.conv2d(x, block["conv"]["kernel"], block["conv"]["bias"], impl=conv_impl)
+      x = layers.normalize(x, block["norm"]["scale"], block["norm"]["offset"], mode=norm,
+                           num_groups=num_groups)
+      x = jax.nn.relu(x)
+      x = layers.max_pool2x2(x)
+    return x.reshape(x.shape[0], -1)
+
+  return Model(init=init, apply=apply, embedding_dim=embedding_dim)

@@ -1,0 +1,115 @@
+"""The outer loop: one jitted meta-update that samples, adapts, bootstraps and differentiates.
+
+Example:
+  >>> import jax, optax
+  >>> from jmeta import meta, models, tasks, train
+  >>> model = models.conv4.make(width=8)
+  >>> adapter, objective = meta.bmssl(model.apply, num_ways=3, step_size=0.1,
+  ...     num_inner_steps=1, num_bootstrap_steps=1, mix=0.5)
+  >>> state = train.init_state(adapter.init_meta({"encoder": model.init(jax.random.key(0))}),
+  ...                          optax.adam(1e-3))
+"""
+import functools
+from typing import Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jmeta import parallel
+from jmeta.types import MetaParams, Metrics, PRNGKey, PyTree, Task
+
+TaskSampler = Callable[[PRNGKey, PyTree], Task]  # (key, data) -> tasks with leading [T]
+
+
+class TrainState(NamedTuple):
+  meta_params: MetaParams
+  opt_state: optax.OptState
+  step: jax.Array               # [] int32: outer steps taken
+  num_skipped: jax.Array        # [] int32: updates skipped because of non-finite values
+
+
+def init_state(meta_params: MetaParams, optimizer: optax.GradientTransformation) -> TrainState:
+  return TrainState(meta_params=meta_params, opt_state=optimizer.init(meta_params),
+                    step=jnp.zeros([], jnp.int32), num_skipped=jnp.zeros([], jnp.int32))
+
+
+def map_tasks(objective, *, task_chunk_size: Optional[int] = None):
+  """Maps `objective(meta_params, key, task)` over `[T]` keys and tasks.
+
+  `task_chunk_size=None` vmaps all T tasks at once (largest matmuls; most memory); `c` runs
+  `lax.map` over T/c chunks of `c` vmapped tasks (`c=1`: one task at a time).
+  """
+
+  def mapped(meta_params, keys, tasks):
+    per_task = jax.vmap(objective, in_axes=(None, 0, 0))
+    num_tasks = keys.shape[0]
+    if task_chunk_size is None or task_chunk_size >= num_tasks:
+      return per_task(meta_params, keys, tasks)
+    if num_tasks % task_chunk_size:
+      raise ValueError(f"task_chunk_size={task_chunk_size} must divide num_tasks={num_tasks}.")
+    chunked = jax.tree.map(lambda x: x.reshape((-1, task_chunk_size) + x.shape[1:]), (keys, tasks))
+    out = jax.lax.map(lambda chunk: per_task(meta_params, *chunk), chunked)
+    return jax.tree.map(lambda x: x.reshape((num_tasks,) + x.shape[2:]), out)
+
+  return mapped
+
+
+def make_update(objective, optimizer: optax.GradientTransformation, *,
+                sample_tasks: TaskSampler, num_tasks: int,
+                task_chunk_size: Optional[int] = None, mesh=None,
+                skip_nonfinite: bool = True, donate: bool = True):
+  """Builds ONE jitted outer step `update(state, key, data) -> (state, metrics)`.
+
+  The step folds `state.step` into the run `key`, samples `num_tasks` tasks from the on-device
+  `data` with `sample_tasks`, maps the objective over them (vmap, or chunks of it), takes the
+  mean loss's gradient with respect to the meta parameters and applies `optimizer`.
+
+  Args:
+    objective: `(meta_params, key, task) -> (loss, metrics)` for one task.
+    optimizer: the outer optax optimizer.
+    sample_tasks: `(key, data) -> Task` with leading `[num_tasks]`.
+    num_tasks: T, the meta-batch size.
+    task_chunk_size: see `map_tasks`.
+    mesh: shard the task axis over this mesh's `data` axis (None: no sharding constraint).
+    skip_nonfinite: if the loss or gradient norm is NaN/inf, keep the old state (counted in
+      `state.num_skipped` and the metric `skipped`) instead of applying the update.
+    donate: donate the input state's buffers (do not reuse the state passed in).
+
+  Returns:
+    The jitted update. Metrics are means over tasks plus "gradient_norm" and "skipped".
+  """
+  if num_tasks < 1:
+    raise ValueError(f"num_tasks={num_tasks} must be >= 1.")
+  if mesh is not None:
+    parallel.check_divisible(num_tasks, mesh)
+  mapped = map_tasks(objective, task_chunk_size=task_chunk_size)
+
+  def update(state: TrainState, key: PRNGKey, data: PyTree) -> tuple[TrainState, Metrics]:
+    key_tasks, key_objective = jax.random.split(jax.random.fold_in(key, state.step))
+    tasks = sample_tasks(key_tasks, data)
+    keys = jax.random.split(key_objective, num_tasks)
+    if mesh is not None:
+      tasks, keys = jax.lax.with_sharding_constraint((tasks, keys), parallel.task_sharding(mesh))
+
+    def mean_loss(meta_params):
+      task_losses, task_metrics = mapped(meta_params, keys, tasks)
+      return jnp.mean(task_losses), jax.tree.map(jnp.mean, task_metrics)
+
+    (loss, metrics), grads = jax.value_and_grad(mean_loss, has_aux=True)(state.meta_params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.meta_params)
+    meta_params = optax.apply_updates(state.meta_params, updates)
+    gradient_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(gradient_norm)
+    if skip_nonfinite:
+      keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+      meta_params = keep(meta_params, state.meta_params)
+      opt_state = keep(opt_state, state.opt_state)
+    skipped = jnp.logical_not(finite).astype(jnp.int32) if skip_nonfinite else jnp.int32(0)
+    new_state = TrainState(meta_params=meta_params, opt_state=opt_state, step=state.step + 1,
+                           num_skipped=state.num_skipped + skipped)
+    metrics = dict(metrics, meta_loss=loss, gradient_norm=gradient_norm,
+                   skipped=skipped, finite=finite)
+    return new_state, metrics
+
+  return jax.jit(update, donate_argnums=(0,) if donate else ())
