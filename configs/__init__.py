@@ -1,0 +1,1 @@
+"""Experiment configurations: `get_config(arg)` per algorithm × dataset."""

@@ -1,0 +1,1 @@
+"""Launchers: train, evaluate and plot jmeta experiments from ml-collections configs."""

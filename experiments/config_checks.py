@@ -1,0 +1,132 @@
+"""Configuration checks that run before anything is compiled.
+
+Every error names the offending field and what is allowed, so a bad launch fails in a second
+instead of minutes into compilation (or, worse, trains something else silently).
+"""
+import jax
+
+from experiments import factories
+from jmeta.models import layers
+
+
+class ConfigError(ValueError):
+  """A configuration field has a value the trainer cannot honour."""
+
+
+def _choice(name, value, allowed):
+  if value not in allowed:
+    raise ConfigError(f"{name}={value!r} is not supported; allowed values: {tuple(allowed)}.")
+
+
+def _positive(name, value, *, strict=True):
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    raise ConfigError(f"{name}={value!r} must be a number.")
+  if value < 0 or (strict and value == 0):
+    raise ConfigError(f"{name}={value!r} must be {'> 0' if strict else '>= 0'}.")
+
+
+def _pair(name, value, *, low, high):
+  if len(value) != 2 or not low <= value[0] <= value[1] <= high:
+    raise ConfigError(f"{name}={tuple(value)!r} must be (min, max) with {low} <= min <= max "
+                      f"<= {high}.")
+
+
+def check_static(config) -> None:
+  """Checks every field that does not need the data."""
+  _positive("num_steps", config.num_steps)
+  _positive("num_devices", config.num_devices, strict=False)
+  _positive("task_chunk_size", config.task_chunk_size, strict=False)
+  source = config.data.source
+  if not (source in ("omniglot", "mnist", "digits") or source.startswith("tfds:")):
+    raise ConfigError(f"data.source={source!r} is not supported; allowed values: "
+                      f"{factories.SOURCES}.")
+  _positive("data.image_size", config.data.image_size)
+  _positive("data.max_train_images", config.data.max_train_images, strict=False)
+  _choice("model.name", config.model.name, factories.MODELS)
+  _choice("model.norm", config.model.norm, layers.NORM_MODES)
+  _choice("model.conv_impl", config.model.conv_impl, layers.CONV_IMPLS)
+  _positive("model.width", config.model.width)
+  _positive("model.num_blocks", config.model.num_blocks)
+  _choice("tasks.labels", config.tasks.labels, factories.TASK_LABELS)
+  for field in ("num_tasks", "num_ways", "num_support", "num_queries"):
+    _positive(f"tasks.{field}", config.tasks[field])
+  _pair("augment.crop_scale", config.augment.crop_scale, low=0.01, high=1.0)
+  _pair("augment.affine_scale", config.augment.affine_scale, low=0.01, high=10.0)
+  for field in ("flip_probability", "erasing_probability"):
+    value = config.augment[field]
+    if not 0 <= value <= 1:
+      raise ConfigError(f"augment.{field}={value!r} must be in [0, 1].")
+  _choice("inner.adapter", config.inner.adapter, factories.ADAPTERS)
+  _positive("inner.step_size", config.inner.step_size)
+  _positive("inner.num_steps", config.inner.num_steps, strict=False)
+  _positive("inner.temperature", config.inner.temperature)
+  _choice("meta.objective", config.meta.objective, factories.OBJECTIVES)
+  _choice("meta.classifier", config.meta.classifier, factories.CLASSIFIERS)
+  _choice("meta.matching", config.meta.matching, ("kl", "l2"))
+  _positive("meta.temperature", config.meta.temperature)
+  _positive("meta.num_bootstrap_steps", config.meta.num_bootstrap_steps, strict=False)
+  if not 0 <= config.meta.mix <= 1:
+    raise ConfigError(f"meta.mix={config.meta.mix!r} (λ) must be in [0, 1].")
+  if config.meta.bmg_query_step and config.meta.num_bootstrap_steps < 1:
+    raise ConfigError("meta.bmg_query_step=True needs meta.num_bootstrap_steps >= 1.")
+  if config.meta.objective == "bootstrap":
+    if config.inner.adapter == "none":
+      raise ConfigError("inner.adapter='none' needs meta.objective 'protonet' or 'simclr'; "
+                        "the bootstrap objective adapts.")
+    if config.inner.adapter == "contrastive" and config.tasks.num_support < 2:
+      raise ConfigError(f"tasks.num_support={config.tasks.num_support}: the contrastive inner "
+                        "loss needs >= 2 support views per class (positives); allowed: >= 2.")
+    if config.meta.classifier == "head" and config.inner.adapter not in ("head", "zero_head"):
+      raise ConfigError("meta.classifier='head' needs inner.adapter 'head' or 'zero_head'.")
+  _positive("optimizer.learning_rate", config.optimizer.learning_rate)
+  _choice("optimizer.schedule", config.optimizer.schedule, ("cosine", "constant"))
+  _positive("optimizer.warmup_steps", config.optimizer.warmup_steps, strict=False)
+  _positive("optimizer.gradient_clip", config.optimizer.gradient_clip, strict=False)
+  _choice("optimizer.nonfinite", config.optimizer.nonfinite, ("skip", "stop"))
+  _positive("optimizer.max_skipped", config.optimizer.max_skipped)
+  for field in ("every_steps", "num_ways", "num_shots", "num_queries", "num_episodes",
+                "batch_size"):
+    _positive(f"eval.{field}", config.eval[field])
+  for field in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+    _positive(field, config[field])
+  devices = jax.device_count()
+  if config.num_devices > devices:
+    raise ConfigError(f"num_devices={config.num_devices} but only {devices} devices are "
+                      f"present; allowed: 0 (all) to {devices}.")
+  used = config.num_devices or devices
+  if config.tasks.num_tasks % used:
+    raise ConfigError(f"tasks.num_tasks={config.tasks.num_tasks} must be a multiple of the "
+                      f"{used} devices used (num_devices).")
+  chunk = config.task_chunk_size
+  if chunk and (config.tasks.num_tasks // used) % chunk:
+    raise ConfigError(f"task_chunk_size={chunk} must divide the {config.tasks.num_tasks // used} "
+                      "tasks per device.")
+
+
+def check_data(config, train, evaluation) -> None:
+  """Checks the task settings against the loaded datasets (still before compiling)."""
+  task_config = config.tasks
+  if task_config.labels == "none":
+    if task_config.num_ways > len(train.images):
+      raise ConfigError(f"tasks.num_ways={task_config.num_ways} exceeds the {len(train.images)} "
+                        f"training images of {config.data.train_split!r}.")
+  else:
+    if task_config.num_ways > train.num_classes:
+      raise ConfigError(f"tasks.num_ways={task_config.num_ways} exceeds the {train.num_classes} "
+                        f"classes of {config.data.train_split!r}.")
+    _class_sizes("tasks.num_support + tasks.num_queries",
+                 task_config.num_support + task_config.num_queries, train)
+  if config.eval.num_ways > evaluation.num_classes:
+    raise ConfigError(f"eval.num_ways={config.eval.num_ways} exceeds the "
+                      f"{evaluation.num_classes} classes of {config.data.eval_split!r}.")
+  _class_sizes("eval.num_shots + eval.num_queries",
+               config.eval.num_shots + config.eval.num_queries, evaluation)
+
+
+def _class_sizes(field, needed, dataset):
+  import numpy as np
+  counts = np.bincount(dataset.labels, minlength=dataset.num_classes)
+  smallest = int(counts.argmin())
+  if counts[smallest] < needed:
+    raise ConfigError(f"{field}={needed} exceeds the {counts[smallest]} images of class "
+                      f"{dataset.class_names[smallest]!r}.")
