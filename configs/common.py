@@ -129,6 +129,19 @@ def base_config() -> ml_collections.ConfigDict:
   return config
 
 
+def disable_augmentation(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Supervised episodes use the images as they are."""
+  config.augment.crop_scale = (1.0, 1.0)
+  config.augment.flip_probability = 0.0
+  config.augment.rotate90 = False
+  config.augment.affine_degrees = 0.0
+  config.augment.affine_shear = 0.0
+  config.augment.affine_translate = 0.0
+  config.augment.affine_scale = (1.0, 1.0)
+  config.augment.erasing_probability = 0.0
+  return config
+
+
 def shrink_for_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The `smoke` preset: a few steps on a small slice of the real data, in seconds on a CPU."""
   config.num_steps = 6

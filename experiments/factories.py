@@ -126,6 +126,14 @@ def build_objective(config, model):
   return adapter, objective
 
 
+def initial_state(config, model, adapter, optimizer, key):
+  """The TrainState at step 0 (also the template that checkpoints restore into)."""
+  from jmeta import train
+  params = build_meta_params(config, model, key)
+  meta_params = adapter.init_meta(params) if adapter else {"params": params}
+  return train.init_state(meta_params, optimizer)
+
+
 def build_sampler(config, augment_fn):
   """`(key, data) -> tasks [T]`, from unlabeled images or a labeled pool on device."""
   task_config = config.tasks

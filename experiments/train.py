@@ -73,10 +73,8 @@ def run(config, workdir: str) -> dict:
                                   channels=train_set.images.shape[-1])
     adapter, objective = factories.build_objective(config, model)
     key_init, key_loop = jax.random.split(jax.random.key(config.seed))
-    params = factories.build_meta_params(config, model, key_init)
-    meta_params = adapter.init_meta(params) if adapter else {"params": params}
     optimizer = factories.build_optimizer(config.optimizer, num_steps=config.num_steps)
-    state = train.init_state(meta_params, optimizer)
+    state = factories.initial_state(config, model, adapter, optimizer, key_init)
     update = train.make_update(
         objective, optimizer,
         sample_tasks=factories.build_sampler(config, factories.build_augment(config.augment)),

@@ -1,0 +1,35 @@
+r"""Supervised prototypical networks on Omniglot (an upper bound for the unsupervised rows).
+
+Episodes from the Vinyals train characters × 4 rotations, squared-euclidean prototypes, no
+inner loop (Snell et al. 2017 train with more ways than they test).
+
+Command:
+  python -m experiments.train --config=configs/protonet_omniglot.py --workdir=workdirs/protonet_omniglot
+Smoke run:
+  python -m experiments.train --config=configs/protonet_omniglot.py:smoke --workdir=/tmp/protonet_smoke
+
+Expected runtime and result on a 2-core CPU: see docs/RESULTS.md (not yet measured).
+"""
+from configs import common
+
+
+def get_config(arg=None):
+  arg = common.parse_arg(arg, smoke=False)
+  config = common.base_config()
+  config.data.train_rotations = True
+  config.tasks.labels = "true"
+  config.tasks.num_ways = 20
+  config.tasks.num_support = 1
+  config.tasks.num_queries = 5
+  config.tasks.num_tasks = 4
+  common.disable_augmentation(config)
+  config.inner.adapter = "none"
+  config.inner.num_steps = 0
+  config.meta.objective = "protonet"
+  config.meta.temperature = 1.0
+  config.meta.num_bootstrap_steps = 0
+  config.meta.mix = 1.0
+  if arg.smoke:
+    common.shrink_for_smoke(config)
+    config.tasks.num_ways = 5
+  return config

@@ -1,0 +1,31 @@
+r"""UMTRA-style unsupervised MAML on Omniglot: views as classes, zero-initialised head, δ = 0.
+
+Khodadadeh et al. 2019 reconstruct 1-shot tasks from N unlabeled images, one augmented view
+as the query; the head is zeroed per task ("zeroing trick"), there is no bootstrap.
+
+Command:
+  python -m experiments.train --config=configs/umtra_omniglot.py --workdir=workdirs/umtra_omniglot
+Smoke run:
+  python -m experiments.train --config=configs/umtra_omniglot.py:smoke --workdir=/tmp/umtra_smoke
+
+Expected runtime and result on a 2-core CPU: see docs/RESULTS.md (not yet measured).
+"""
+from configs import common
+
+
+def get_config(arg=None):
+  arg = common.parse_arg(arg, smoke=False)
+  config = common.base_config()
+  config.tasks.num_ways = 5
+  config.tasks.num_support = 1
+  config.tasks.num_queries = 1
+  config.tasks.num_tasks = 16
+  config.inner.adapter = "zero_head"
+  config.inner.step_size = 0.4
+  config.inner.num_steps = 5
+  config.meta.classifier = "head"
+  config.meta.num_bootstrap_steps = 0
+  config.meta.mix = 1.0
+  if arg.smoke:
+    common.shrink_for_smoke(config)
+  return config

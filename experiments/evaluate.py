@@ -1,0 +1,164 @@
+r"""Few-shot evaluation of a trained workdir on any protocol; prints and saves a table.
+
+Examples:
+  python -m experiments.evaluate --workdir=workdirs/bmssl_omniglot
+  python -m experiments.evaluate --workdir=workdirs/bmssl_omniglot --dataset=mnist \
+      --ways=5,10 --shots=1,5 --episodes=2000 --adapted=both
+
+Writes `<workdir>/eval_<name>.json` and `.md` (name from --name, default the dataset).
+"""
+import copy
+import json
+import os
+
+from absl import app
+from absl import flags
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (config.json + checkpoints).")
+_DATASET = flags.DEFINE_string("dataset", "omniglot:vinyals_test",
+                               "omniglot:<split> | mnist | digits | tfds:<name>:<split>.")
+_ROTATIONS = flags.DEFINE_bool("rotations", True, "Omniglot: rotations as extra classes.")
+_WAYS = flags.DEFINE_list("ways", ["5", "20"], "N values.")
+_SHOTS = flags.DEFINE_list("shots", ["1", "5"], "K values.")
+_QUERIES = flags.DEFINE_integer("queries", 15, "Queries per class.")
+_EPISODES = flags.DEFINE_integer("episodes", 2000, "Episodes per protocol.")
+_SEED = flags.DEFINE_integer("seed", 0, "Selects the episodes.")
+_ADAPTED = flags.DEFINE_enum("adapted", "no", ["no", "yes", "both"],
+                             "Classify after an inner loop on the labeled support.")
+_NAME = flags.DEFINE_string("name", None, "Output file suffix (default: from --dataset).")
+
+
+def load_workdir(workdir: str):
+  """(config, model, adapter, meta_params) of the newest restorable checkpoint in `workdir`."""
+  import jax
+  import ml_collections
+
+  from experiments import checkpoints as checkpoints_lib
+  from experiments import factories
+  with open(os.path.join(workdir, "config.json")) as file:
+    config = ml_collections.ConfigDict(json.load(file))
+  channels = 3 if config.data.source.startswith("tfds:") else 1
+  model = factories.build_model(config.model, image_size=config.data.image_size,
+                                channels=channels)
+  adapter, _ = factories.build_objective(config, model)
+  optimizer = factories.build_optimizer(config.optimizer, num_steps=config.num_steps)
+  template = factories.initial_state(config, model, adapter, optimizer, jax.random.key(0))
+  checkpoints = checkpoints_lib.Checkpoints(os.path.join(workdir, "checkpoints"),
+                                            keep=config.keep_checkpoints)
+  state = checkpoints.restore_latest(template)
+  checkpoints.close()
+  if state is None:
+    raise FileNotFoundError(f"no restorable checkpoint under {workdir}/checkpoints.")
+  return config, model, adapter, state.meta_params, int(state.step)
+
+
+def load_eval_dataset(spec: str, *, image_size: int, rotations: bool):
+  from jmeta import data
+  kind, _, rest = spec.partition(":")
+  if kind == "omniglot":
+    return data.omniglot.load(rest or "vinyals_test", image_size=image_size, rotations=rotations)
+  if kind == "mnist":
+    return data.mnist.load(image_size=image_size)
+  if kind == "digits":
+    return data.digits.load(image_size=image_size)
+  if kind == "tfds":
+    name, _, split = rest.partition(":")
+    return data.tfds.load(name, split or "test", image_size=image_size)
+  raise ValueError(f"--dataset={spec!r} is not supported; allowed: omniglot:<split>, mnist, "
+                   "digits, tfds:<name>:<split>.")
+
+
+def adapted_classifier(config, model, meta_params, *, num_ways: int):
+  """classify_fn: the config's inner rule on the labeled support, then predictions.
+
+  Head adapters predict with the head: the meta-learned one when `num_ways` matches training,
+  otherwise a zero-initialised head of `num_ways` outputs. Others use cosine prototypes of the
+  adapted encoder.
+  """
+  from experiments import factories
+  from jmeta import classifiers
+  from jmeta import inner
+  from jmeta.types import Batch
+  eval_config = copy.deepcopy(config)
+  eval_config.unlock()
+  eval_config.tasks.num_ways = num_ways
+  meta_params = dict(meta_params)
+  if config.inner.adapter == "head" and num_ways != config.tasks.num_ways:
+    eval_config.inner.adapter = "zero_head"
+    meta_params["params"] = {k: v for k, v in meta_params["params"].items() if k != "head"}
+    meta_params.pop("step_sizes", None)
+  adapter, _ = factories.build_objective(eval_config, model)
+  uses_head = eval_config.inner.adapter in ("head", "zero_head")
+  logits_fn = (classifiers.linear_head(model.apply) if uses_head else
+               classifiers.prototype(model.apply, num_ways=num_ways, distance="cosine"))
+
+  def classify(key, support, support_labels, query):
+    batch = Batch(support, support_labels)
+    state, _ = inner.unroll(adapter, key, adapter.init(meta_params), batch,
+                            config.inner.num_steps)
+    return logits_fn(state.params, batch, query)
+
+  return classify
+
+
+def evaluate_workdir(workdir: str, *, dataset: str = "omniglot:vinyals_test",
+                     rotations: bool = True, ways=(5, 20), shots=(1, 5), num_queries: int = 15,
+                     num_episodes: int = 2000, seed: int = 0, adapted: str = "no",
+                     progress: bool = True) -> list:
+  """Every (mode, N, K) protocol on `dataset`; returns rows of dicts."""
+  from jmeta import evaluate
+  config, model, adapter, meta_params, step = load_workdir(workdir)
+  eval_set = load_eval_dataset(dataset, image_size=config.data.image_size, rotations=rotations)
+  modes = {"no": [False], "yes": [True], "both": [False, True]}[adapted]
+  if adapter is None and True in modes:
+    raise ValueError(f"--adapted={adapted!r}: {config.meta.objective!r} has no inner loop.")
+  rows = []
+  for use_adaptation in modes:
+    for num_ways in ways:
+      for num_shots in shots:
+        if use_adaptation:
+          classify = adapted_classifier(config, model, meta_params, num_ways=num_ways)
+        else:
+          encoder = meta_params["params"]["encoder"]
+          classify = evaluate.prototype_classifier(lambda x: model.apply(encoder, x),
+                                                   num_ways=num_ways)
+        result = evaluate.few_shot_classifier(
+            classify, eval_set, num_ways=num_ways, num_shots=num_shots,
+            num_queries=num_queries, num_episodes=num_episodes, seed=seed, progress=progress)
+        rows.append({"dataset": dataset, "rotations": rotations, "adapted": use_adaptation,
+                     "num_ways": num_ways, "num_shots": num_shots, "num_queries": num_queries,
+                     "num_episodes": num_episodes, "seed": seed, "step": step,
+                     "accuracy": result.mean, "ci95": result.ci95})
+  return rows
+
+
+def markdown_table(rows) -> str:
+  lines = ["| dataset | adapted | N-way | K-shot | episodes | accuracy (%) |",
+           "|---|---|---|---|---|---|"]
+  for row in rows:
+    lines.append(f"| {row['dataset']} | {'yes' if row['adapted'] else 'no'} | "
+                 f"{row['num_ways']} | {row['num_shots']} | {row['num_episodes']} | "
+                 f"{100 * row['accuracy']:.2f} ± {100 * row['ci95']:.2f} |")
+  return "\n".join(lines) + "\n"
+
+
+def main(argv):
+  del argv
+  if not _WORKDIR.value:
+    raise app.UsageError("--workdir is required.")
+  rows = evaluate_workdir(_WORKDIR.value, dataset=_DATASET.value, rotations=_ROTATIONS.value,
+                          ways=[int(w) for w in _WAYS.value],
+                          shots=[int(k) for k in _SHOTS.value], num_queries=_QUERIES.value,
+                          num_episodes=_EPISODES.value, seed=_SEED.value,
+                          adapted=_ADAPTED.value)
+  table = markdown_table(rows)
+  print(table)
+  name = _NAME.value or _DATASET.value.replace(":", "_")
+  with open(os.path.join(_WORKDIR.value, f"eval_{name}.json"), "w") as file:
+    json.dump(rows, file, indent=2)
+  with open(os.path.join(_WORKDIR.value, f"eval_{name}.md"), "w") as file:
+    file.write(table)
+
+
+if __name__ == "__main__":
+  app.run(main)
