@@ -1,0 +1,26 @@
+"""Shared pytest fixtures."""
+import os
+import pathlib
+
+import pytest
+
+_REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> pathlib.Path:
+  """The real offline data: ``$JMETA_DATA_DIR``, else ``<repo>/../shared/data``. Never skips."""
+  path = pathlib.Path(os.environ.get("JMETA_DATA_DIR", _REPO.parent / "shared" / "data"))
+  if not path.is_dir():
+    pytest.fail(f"data directory {path} does not exist: set JMETA_DATA_DIR to a folder with "
+                "omniglot/, mnist/ and sklearn_digits/ (layout: jmeta/data/paths.py)")
+  return path
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> pathlib.Path:
+  """A session-wide ``$JMETA_CACHE_DIR`` in a temp folder, so tests never touch ~/.cache."""
+  path = tmp_path_factory.mktemp("jmeta_cache")
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("JMETA_CACHE_DIR", str(path))
+    yield path
