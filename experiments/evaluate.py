@@ -14,18 +14,23 @@ import os
 from absl import app
 from absl import flags
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (config.json + checkpoints).")
-_DATASET = flags.DEFINE_string("dataset", "omniglot:vinyals_test",
-                               "omniglot:<split> | mnist | digits | tfds:<name>:<split>.")
-_ROTATIONS = flags.DEFINE_bool("rotations", True, "Omniglot: rotations as extra classes.")
-_WAYS = flags.DEFINE_list("ways", ["5", "20"], "N values.")
-_SHOTS = flags.DEFINE_list("shots", ["1", "5"], "K values.")
-_QUERIES = flags.DEFINE_integer("queries", 15, "Queries per class.")
-_EPISODES = flags.DEFINE_integer("episodes", 2000, "Episodes per protocol.")
-_SEED = flags.DEFINE_integer("seed", 0, "Selects the episodes.")
-_ADAPTED = flags.DEFINE_enum("adapted", "no", ["no", "yes", "both"],
-                             "Classify after an inner loop on the labeled support.")
-_NAME = flags.DEFINE_string("name", None, "Output file suffix (default: from --dataset).")
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Command-line flags; defined only when run as a program, so modules import cleanly."""
+  flags.DEFINE_string("workdir", None, "A training workdir (config.json + checkpoints).")
+  flags.DEFINE_string("dataset", "omniglot:vinyals_test",
+                      "omniglot:<split> | mnist | digits | tfds:<name>:<split>.")
+  flags.DEFINE_bool("rotations", True, "Omniglot: rotations as extra classes.")
+  flags.DEFINE_list("ways", ["5", "20"], "N values.")
+  flags.DEFINE_list("shots", ["1", "5"], "K values.")
+  flags.DEFINE_integer("queries", 15, "Queries per class.")
+  flags.DEFINE_integer("episodes", 2000, "Episodes per protocol.")
+  flags.DEFINE_integer("seed", 0, "Selects the episodes.")
+  flags.DEFINE_enum("adapted", "no", ["no", "yes", "both"],
+                    "Classify after an inner loop on the labeled support.")
+  flags.DEFINE_string("name", None, "Output file suffix (default: from --dataset).")
 
 
 def load_workdir(workdir: str):
@@ -144,21 +149,21 @@ def markdown_table(rows) -> str:
 
 def main(argv):
   del argv
-  if not _WORKDIR.value:
+  if not FLAGS.workdir:
     raise app.UsageError("--workdir is required.")
-  rows = evaluate_workdir(_WORKDIR.value, dataset=_DATASET.value, rotations=_ROTATIONS.value,
-                          ways=[int(w) for w in _WAYS.value],
-                          shots=[int(k) for k in _SHOTS.value], num_queries=_QUERIES.value,
-                          num_episodes=_EPISODES.value, seed=_SEED.value,
-                          adapted=_ADAPTED.value)
+  rows = evaluate_workdir(FLAGS.workdir, dataset=FLAGS.dataset, rotations=FLAGS.rotations,
+                          ways=[int(w) for w in FLAGS.ways], shots=[int(k) for k in FLAGS.shots],
+                          num_queries=FLAGS.queries, num_episodes=FLAGS.episodes,
+                          seed=FLAGS.seed, adapted=FLAGS.adapted)
   table = markdown_table(rows)
   print(table)
-  name = _NAME.value or _DATASET.value.replace(":", "_")
-  with open(os.path.join(_WORKDIR.value, f"eval_{name}.json"), "w") as file:
+  name = FLAGS.name or FLAGS.dataset.replace(":", "_")
+  with open(os.path.join(FLAGS.workdir, f"eval_{name}.json"), "w") as file:
     json.dump(rows, file, indent=2)
-  with open(os.path.join(_WORKDIR.value, f"eval_{name}.md"), "w") as file:
+  with open(os.path.join(FLAGS.workdir, f"eval_{name}.md"), "w") as file:
     file.write(table)
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -9,12 +9,16 @@ import os
 from absl import app
 from absl import flags
 
-_WORKDIRS = flags.DEFINE_list("workdirs", None, "Workdirs to overlay.")
-_LABELS = flags.DEFINE_list("labels", None, "Legend labels (default: workdir names).")
-_OUTPUT = flags.DEFINE_string("output", "curves.png", "PNG path.")
-
+FLAGS = flags.FLAGS
 PANELS = (("meta_loss", "meta loss"), ("query_accuracy_after", "query accuracy (train tasks)"),
           ("eval_accuracy", "eval accuracy"))
+
+
+def define_flags():
+  """Command-line flags; defined only when run as a program, so modules import cleanly."""
+  flags.DEFINE_list("workdirs", None, "Workdirs to overlay.")
+  flags.DEFINE_list("labels", None, "Legend labels (default: workdir names).")
+  flags.DEFINE_string("output", "curves.png", "PNG path.")
 
 
 def plot(workdirs, output: str, *, labels=None) -> str:
@@ -51,10 +55,11 @@ def plot(workdirs, output: str, *, labels=None) -> str:
 
 def main(argv):
   del argv
-  if not _WORKDIRS.value:
+  if not FLAGS.workdirs:
     raise app.UsageError("--workdirs is required.")
-  print(plot(_WORKDIRS.value, _OUTPUT.value, labels=_LABELS.value))
+  print(plot(FLAGS.workdirs, FLAGS.output, labels=FLAGS.labels))
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -18,13 +18,18 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
-                                   "host:port of process 0, for multi-process runs.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Command-line flags; defined only when run as a program, so modules import cleanly."""
+  config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go.")
+  flags.DEFINE_string("coordinator_address", None,
+                      "host:port of process 0, for multi-process runs.")
+  flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
+  flags.DEFINE_integer("process_id", None, "This process's index.")
 
 
 class NonFiniteError(RuntimeError):
@@ -177,15 +182,15 @@ def main(argv):
   absl_logging.set_verbosity(absl_logging.WARNING)
   from experiments import config_checks
   from experiments import workdir as workdir_lib
-  if not _WORKDIR.value:
+  if not FLAGS.workdir:
     raise app.UsageError("--workdir is required.")
-  if _COORDINATOR.value or _NUM_PROCESSES.value:
+  if FLAGS.coordinator_address or FLAGS.num_processes:
     from jmeta import parallel
-    parallel.initialize_distributed(coordinator_address=_COORDINATOR.value,
-                                    num_processes=_NUM_PROCESSES.value,
-                                    process_id=_PROCESS_ID.value)
+    parallel.initialize_distributed(coordinator_address=FLAGS.coordinator_address,
+                                    num_processes=FLAGS.num_processes,
+                                    process_id=FLAGS.process_id)
   try:
-    metrics = run(_CONFIG.value, _WORKDIR.value)
+    metrics = run(FLAGS.config, FLAGS.workdir)
   except (config_checks.ConfigError, workdir_lib.WorkdirInUseError, NonFiniteError) as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
@@ -195,5 +200,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   flags.mark_flags_as_required(["config"])
   app.run(main)
