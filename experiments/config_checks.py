@@ -103,13 +103,18 @@ def check_static(config) -> None:
                       "tasks per device.")
 
 
-def check_data(config, train, evaluation) -> None:
-  """Checks the task settings against the loaded datasets (still before compiling)."""
+def check_data(config, train, evaluation, *, num_shards: int = 1) -> None:
+  """Checks the task settings against the loaded datasets (still before compiling).
+
+  Unsupervised tasks draw their N images from one device's shard of the pool.
+  """
   task_config = config.tasks
   if task_config.labels == "none":
-    if task_config.num_ways > len(train.images):
-      raise ConfigError(f"tasks.num_ways={task_config.num_ways} exceeds the {len(train.images)} "
-                        f"training images of {config.data.train_split!r}.")
+    per_shard = len(train.images) // num_shards
+    if task_config.num_ways > per_shard:
+      raise ConfigError(f"tasks.num_ways={task_config.num_ways} exceeds the {per_shard} "
+                        f"training images per device of {config.data.train_split!r} "
+                        f"({len(train.images)} images over {num_shards} devices).")
   else:
     if task_config.num_ways > train.num_classes:
       raise ConfigError(f"tasks.num_ways={task_config.num_ways} exceeds the {train.num_classes} "
@@ -130,3 +135,18 @@ def _class_sizes(field, needed, dataset):
   if counts[smallest] < needed:
     raise ConfigError(f"{field}={needed} exceeds the {counts[smallest]} images of class "
                       f"{dataset.class_names[smallest]!r}.")
+
+
+def check_same_across_processes(config) -> None:
+  """Every process of a multi-host job must run the same config (compared by hash)."""
+  import hashlib
+  import numpy as np
+  from jax.experimental import multihost_utils
+  digest = hashlib.sha256(config.to_json(sort_keys=True).encode()).digest()[:8]
+  local = np.frombuffer(digest, np.uint8).astype(np.int32)
+  gathered = np.asarray(multihost_utils.process_allgather(local))  # [processes, 8]
+  differing = [p for p in range(gathered.shape[0]) if not np.array_equal(gathered[p], local)]
+  if differing:
+    raise ConfigError(f"process {jax.process_index()}'s config differs from processes "
+                      f"{differing}; every process must be launched with the same --config "
+                      "and overrides.")

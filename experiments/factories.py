@@ -11,6 +11,7 @@ from jmeta import classifiers
 from jmeta import inner
 from jmeta import meta
 from jmeta import models
+from jmeta import parallel
 from jmeta import tasks
 from jmeta.data import Dataset
 
@@ -135,14 +136,22 @@ def initial_state(config, model, adapter, optimizer, key):
 
 
 def build_sampler(config, augment_fn):
-  """`(key, data) -> tasks [T]`, from unlabeled images or a labeled pool on device."""
+  """`(key, data) -> tasks [T]` from what `training_data` put on device.
+
+  Unsupervised: the pool is `[D, M/D, ...]`, one shard per device, and shard d yields tasks
+  d·T/D … (d+1)·T/D − 1 from its own images. Labeled: one replicated pool.
+  """
   task_config = config.tasks
   if task_config.labels == "none":
-    def sample(key, images):
-      return tasks.sample_unsupervised_tasks(
-          key, images, num_tasks=task_config.num_tasks, num_ways=task_config.num_ways,
-          num_support=task_config.num_support, num_queries=task_config.num_queries,
-          augment_fn=augment_fn)
+    def sample(key, pools):
+      num_shards = pools.shape[0]
+      def sample_shard(shard_key, images):
+        return tasks.sample_unsupervised_tasks(
+            shard_key, images, num_tasks=task_config.num_tasks // num_shards,
+            num_ways=task_config.num_ways, num_support=task_config.num_support,
+            num_queries=task_config.num_queries, augment_fn=augment_fn)
+      per_shard = jax.vmap(sample_shard)(jax.random.split(key, num_shards), pools)
+      return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), per_shard)
   elif task_config.labels == "true":
     def sample(key, pool):
       return tasks.sample_episodes(
@@ -154,11 +163,11 @@ def build_sampler(config, augment_fn):
   return sample
 
 
-def training_data(config, dataset: Dataset):
-  """What `sample` reads on device: unlabeled images, or a labeled pool."""
+def training_data(config, dataset: Dataset, mesh):
+  """What `sample` reads on device: per-device shards of unlabeled images, or a labeled pool."""
   if config.tasks.labels == "none":
-    return jax.device_put(dataset.images)
-  return tasks.labeled_pool(dataset)
+    return parallel.shard_pool(dataset.images, mesh)
+  return parallel.replicate(tasks.labeled_pool(dataset), mesh)
 
 
 def build_optimizer(optimizer_config, *, num_steps: int) -> optax.GradientTransformation:

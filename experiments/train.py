@@ -49,11 +49,14 @@ def run(config, workdir: str) -> dict:
   from experiments import workdir as workdir_lib
   from jmeta import evaluate
   from jmeta import parallel
+  from jmeta import tasks
   from jmeta import train
 
   # ----------------------------------------------------------------------------------------------
   # Set-up: checks before anything heavy, one process per workdir, what ran.
   config_checks.check_static(config)
+  if jax.process_count() > 1:
+    config_checks.check_same_across_processes(config)
   is_main = jax.process_index() == 0
   lock = workdir_lib.WorkdirLock(workdir) if is_main else None
   try:
@@ -69,8 +72,8 @@ def run(config, workdir: str) -> dict:
         config.data.max_train_images)
     eval_set = factories.load_dataset(config.data, config.data.eval_split,
                                       rotations=config.data.eval_rotations)
-    config_checks.check_data(config, train_set, eval_set)
-    data = parallel.replicate(factories.training_data(config, train_set), mesh)
+    config_checks.check_data(config, train_set, eval_set, num_shards=mesh.size)
+    data = factories.training_data(config, train_set, mesh)
 
     # --------------------------------------------------------------------------------------------
     # Model, objective, optimizer, state.
@@ -97,13 +100,16 @@ def run(config, workdir: str) -> dict:
       logging.warning("resumed from step %d of %s", start_step, workdir)
     log = metrics_log.MetricsLog(workdir, enabled=is_main, resume_step=start_step)
 
+    eval_pool = tasks.labeled_pool(eval_set)  # on this process's default device
+
     def evaluate_now(meta_params):
-      embed = lambda images: model.apply(meta_params["params"]["encoder"], images)
-      result = evaluate.few_shot(embed, eval_set, num_ways=config.eval.num_ways,
+      # Parameters as a traced argument: every periodic evaluation reuses one compilation.
+      result = evaluate.few_shot(model.apply, eval_pool, num_ways=config.eval.num_ways,
                                  num_shots=config.eval.num_shots,
                                  num_queries=config.eval.num_queries,
                                  num_episodes=config.eval.num_episodes, seed=config.eval.seed,
-                                 batch_size=config.eval.batch_size, progress=False)
+                                 batch_size=config.eval.batch_size, progress=False,
+                                 params=jax.device_get(meta_params["params"]["encoder"]))
       return {"eval_accuracy": result.mean, "eval_ci95": result.ci95}
 
     # --------------------------------------------------------------------------------------------

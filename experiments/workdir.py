@@ -70,6 +70,3 @@ def fingerprint(tree) -> str:
     digest.update(leaf.tobytes())
   return digest.hexdigest()
 
-
-def config_hash(config) -> str:
-  return hashlib.sha256(config.to_json(sort_keys=True).encode()).hexdigest()[:16]

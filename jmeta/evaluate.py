@@ -20,6 +20,7 @@ Example:
   >>> print(result)
   100.00 ± 0.00%
 """
+import functools
 import math
 from typing import Callable, NamedTuple, Union
 
@@ -98,7 +99,9 @@ def episode_keys(seed: int, index) -> tuple[PRNGKey, PRNGKey]:
   return key_episode, key_classify
 
 
-def prototype_classifier(embed_fn: EmbedFn, *, num_ways: int) -> ClassifyFn:
+@functools.lru_cache(maxsize=64)
+def prototype_classifier(embed_fn: EmbedFn, *, num_ways: int,
+                         takes_params: bool = False) -> ClassifyFn:
   """A `classify_fn` for `few_shot_classifier`: nearest prototype by cosine similarity.
 
   Prototype n is the normalised mean of the L2-normalised support embeddings of class n, and the
@@ -107,27 +110,36 @@ def prototype_classifier(embed_fn: EmbedFn, *, num_ways: int) -> ClassifyFn:
   embedded by separate calls of `embed_fn`, so a model normalising with batch statistics sees
   the support batch and the query batch separately, as in MAML.
 
+  Cached: the same `embed_fn` gives the same classifier, so its compiled evaluation is reused.
+
   Args:
-    embed_fn: `fn(images [B, H, W, C] float32 in [0, 1]) -> embeddings [B, D]`.
+    embed_fn: `fn(images [B, H, W, C] float32 in [0, 1]) -> embeddings [B, D]`, or
+      `fn(params, images)` with `takes_params`.
     num_ways: N.
+    takes_params: `embed_fn` (and the returned classifier) take parameters first.
 
   Returns:
-    `classify_fn(key, support, support_labels, query) -> logits [N*Q, N]` (key unused).
+    `classify_fn([params,] key, support, support_labels, query) -> logits [N*Q, N]`.
   """
-  def classify_fn(key, support, support_labels, query):
+  def classify_fn(*args):
+    params, (key, support, support_labels, query) = (
+        (args[0], args[1:]) if takes_params else (None, args))
     del key  # Prototypes are deterministic.
-    return losses.prototype_logits(embed_fn(support), support_labels, embed_fn(query),
+    embed = functools.partial(embed_fn, params) if takes_params else embed_fn
+    return losses.prototype_logits(embed(support), support_labels, embed(query),
                                    num_ways=num_ways, distance="cosine")
   return classify_fn
 
 
+@functools.lru_cache(maxsize=64)
 def make_batch_accuracy(classify_fn: ClassifyFn, *, num_ways: int, num_shots: int,
-                        num_queries: int, seed: int, batch_size: int
-                        ) -> Callable[[tasks.LabeledPool, jax.Array], jax.Array]:
+                        num_queries: int, seed: int, batch_size: int,
+                        takes_params: bool = False) -> Callable:
   """The jitted step of `few_shot_classifier`: accuracies of `batch_size` consecutive episodes.
 
   Exposed so a caller (a benchmark, a custom loop) can time or drive batches without
-  recompiling: the returned function is traced once per pool shape, whatever `start`.
+  recompiling: the returned function is traced once per pool shape, whatever `start`, and
+  (cached) the same arguments return the same function.
 
   Args:
     classify_fn: `fn(key, support, support_labels, query) -> logits [N*Q, N]`, one episode.
@@ -136,17 +148,20 @@ def make_batch_accuracy(classify_fn: ClassifyFn, *, num_ways: int, num_shots: in
     num_queries: Q.
     seed: selects the episodes (see `episode_keys`).
     batch_size: B, episodes per call (vmapped).
+    takes_params: call `classify_fn(params, key, ...)`, params a traced argument, so new
+      parameter values of the same shapes reuse the compilation.
 
   Returns:
-    `accuracies(pool, start) -> [B] float32`, the accuracies of episodes start .. start+B-1
-    (start an int32 scalar).
+    `accuracies(pool, start, params=None) -> [B] float32`, the accuracies of episodes
+    start .. start+B-1 (start an int32 scalar).
   """
 
-  def accuracy(pool, index):
+  def accuracy(params, pool, index):
     key_episode, key_classify = episode_keys(seed, index)
     task = tasks.sample_episode(key_episode, pool, num_ways=num_ways, num_shots=num_shots,
                                 num_queries=num_queries)
-    logits = classify_fn(key_classify, task.support, task.support_labels, task.query)
+    head = (params,) if takes_params else ()
+    logits = classify_fn(*head, key_classify, task.support, task.support_labels, task.query)
     if logits.shape != (num_ways * num_queries, num_ways):
       raise ValueError(f"classify_fn must return logits [N*Q, N] = "
                        f"[{num_ways * num_queries}, {num_ways}], got {logits.shape}")
@@ -154,9 +169,9 @@ def make_batch_accuracy(classify_fn: ClassifyFn, *, num_ways: int, num_shots: in
 
   # `start` is traced, so every batch (the padded last one too) reuses one compilation.
   @jax.jit
-  def accuracies(pool, start):
+  def accuracies(pool, start, params=None):
     indices = start + jnp.arange(batch_size, dtype=jnp.int32)
-    return jax.vmap(accuracy, in_axes=(None, 0))(pool, indices)
+    return jax.vmap(accuracy, in_axes=(None, None, 0))(params, pool, indices)
 
   return accuracies
 
@@ -164,7 +179,7 @@ def make_batch_accuracy(classify_fn: ClassifyFn, *, num_ways: int, num_shots: in
 def few_shot_classifier(classify_fn: ClassifyFn, dataset: Union[Dataset, tasks.LabeledPool], *,
                         num_ways: int, num_shots: int, num_queries: int = 15,
                         num_episodes: int = 2000, seed: int = 0, batch_size: int = 50,
-                        progress: bool = True) -> FewShotResult:
+                        progress: bool = True, params=None) -> FewShotResult:
   """N-way K-shot accuracy of any per-episode classifier on deterministic episodes.
 
   Episode i is `tasks.sample_episode(episode_keys(seed, i)[0], pool, ...)` (no augmentation);
@@ -183,6 +198,8 @@ def few_shot_classifier(classify_fn: ClassifyFn, dataset: Union[Dataset, tasks.L
     seed: selects the episodes; the same seed gives the same episodes in every run.
     batch_size: episodes per jitted call (vmapped); memory grows linearly with it.
     progress: show a tqdm progress bar.
+    params: if given, `classify_fn(params, key, ...)` receives them as a traced argument: a
+      training loop evaluating new parameters reuses one compilation.
 
   Returns:
     A `FewShotResult` (mean and ci95 as fractions; `str` formats them as percentages).
@@ -201,8 +218,10 @@ def few_shot_classifier(classify_fn: ClassifyFn, dataset: Union[Dataset, tasks.L
       jax.random.key(0), pool, num_ways=num_ways, num_shots=num_shots,
       num_queries=num_queries), pool)
 
-  evaluate_batch = make_batch_accuracy(classify_fn, num_ways=num_ways, num_shots=num_shots,
-                                       num_queries=num_queries, seed=seed, batch_size=batch_size)
+  batch_accuracy = make_batch_accuracy(classify_fn, num_ways=num_ways, num_shots=num_shots,
+                                       num_queries=num_queries, seed=seed, batch_size=batch_size,
+                                       takes_params=params is not None)
+  evaluate_batch = lambda pool, start: batch_accuracy(pool, start, params)
   starts = range(0, num_episodes, batch_size)
   accuracies = []
   with tqdm.tqdm(total=num_episodes, disable=not progress, desc=f"{num_ways}-way "
@@ -222,7 +241,7 @@ def few_shot_classifier(classify_fn: ClassifyFn, dataset: Union[Dataset, tasks.L
 
 def few_shot(embed_fn: EmbedFn, dataset: Union[Dataset, tasks.LabeledPool], *, num_ways: int,
              num_shots: int, num_queries: int = 15, num_episodes: int = 2000, seed: int = 0,
-             batch_size: int = 50, progress: bool = True) -> FewShotResult:
+             batch_size: int = 50, progress: bool = True, params=None) -> FewShotResult:
   """N-way K-shot accuracy of an embedding with the nearest-prototype (cosine) classifier.
 
   The "no adaptation" evaluation of design.md §1.7: embed support and query with `embed_fn`,
@@ -231,7 +250,7 @@ def few_shot(embed_fn: EmbedFn, dataset: Union[Dataset, tasks.LabeledPool], *, n
 
   Args:
     embed_fn: `fn(images [B, H, W, C] float32 in [0, 1]) -> embeddings [B, D]`; jittable. Arrays
-      it closes over (parameters) are constants of the trace, compiled once per call.
+      it closes over are constants of the trace; pass `params` instead to compile once.
     dataset: a `Dataset` of the evaluation classes, or a `LabeledPool` already on device.
     num_ways: N.
     num_shots: K.
@@ -240,11 +259,15 @@ def few_shot(embed_fn: EmbedFn, dataset: Union[Dataset, tasks.LabeledPool], *, n
     seed: selects the episodes.
     batch_size: episodes per jitted call.
     progress: show a tqdm progress bar.
+    params: if given, `embed_fn(params, images)`, params a traced argument (see
+      `few_shot_classifier`).
 
   Returns:
     A `FewShotResult`.
   """
+  classify_fn = prototype_classifier(embed_fn, num_ways=num_ways,
+                                     takes_params=params is not None)
   return few_shot_classifier(
-      prototype_classifier(embed_fn, num_ways=num_ways), dataset, num_ways=num_ways,
-      num_shots=num_shots, num_queries=num_queries, num_episodes=num_episodes, seed=seed,
-      batch_size=batch_size, progress=progress)
+      classify_fn, dataset, num_ways=num_ways, num_shots=num_shots, num_queries=num_queries,
+      num_episodes=num_episodes, seed=seed, batch_size=batch_size, progress=progress,
+      params=params)

@@ -34,9 +34,35 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
+def place(tree, sharding: NamedSharding):
+  """Places host values as global arrays with `sharding`, on one process or many.
+
+  Each process materialises only the slices its own devices hold (every process must pass the
+  same values), so this works unchanged across hosts where `jax.device_put` would not.
+  """
+  def place_leaf(leaf):
+    host = np.asarray(jax.device_get(leaf))
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+  return jax.tree.map(place_leaf, tree)
+
+
 def replicate(tree, mesh: Mesh):
-  """Places every leaf of `tree` on all devices of `mesh`."""
-  return jax.device_put(tree, replicated(mesh))
+  """Places every leaf of `tree` on all devices of `mesh` (all processes)."""
+  return place(tree, replicated(mesh))
+
+
+def shard_pool(images: np.ndarray, mesh: Mesh) -> jax.Array:
+  """Splits an image pool `[M, ...]` into one shard per device: `[D, M // D, ...]` on `data`.
+
+  Each device then samples its tasks from its own images, so a device (and a process) only ever
+  holds and reads its own shard; the last `M mod D` images are dropped.
+  """
+  num_shards = mesh.size
+  per_shard = images.shape[0] // num_shards
+  if per_shard < 1:
+    raise ValueError(f"{images.shape[0]} images cannot be split over {num_shards} devices.")
+  pool = images[:per_shard * num_shards].reshape((num_shards, per_shard) + images.shape[1:])
+  return jax.make_array_from_callback(pool.shape, task_sharding(mesh), lambda index: pool[index])
 
 
 def check_divisible(num_tasks: int, mesh: Mesh) -> None:
