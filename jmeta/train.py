@@ -99,7 +99,7 @@ def make_update(objective, optimizer: optax.GradientTransformation, *,
     (loss, metrics), grads = jax.value_and_grad(mean_loss, has_aux=True)(state.meta_params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.meta_params)
     meta_params = optax.apply_updates(state.meta_params, updates)
-    gradient_norm = optax.global_norm(grads)
+    gradient_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(gradient_norm)
     if skip_nonfinite:
       keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
