@@ -30,6 +30,11 @@ def define_flags():
                       "host:port of process 0, for multi-process runs.")
   flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
   flags.DEFINE_integer("process_id", None, "This process's index.")
+  flags.DEFINE_integer("heartbeat_timeout_seconds", 100,
+                       "Multi-process: a process silent this long is declared dead and the "
+                       "others exit with an error instead of hanging.")
+  flags.DEFINE_integer("initialization_timeout", 300,
+                       "Multi-process: seconds to wait for every process to join.")
 
 
 class NonFiniteError(RuntimeError):
@@ -74,6 +79,7 @@ def run(config, workdir: str) -> dict:
                                       rotations=config.data.eval_rotations)
     config_checks.check_data(config, train_set, eval_set, num_shards=mesh.size)
     data = factories.training_data(config, train_set, mesh)
+    workdir_lib.record_data_shards(workdir, data, labeled=config.tasks.labels != "none")
 
     # --------------------------------------------------------------------------------------------
     # Model, objective, optimizer, state.
@@ -194,7 +200,9 @@ def main(argv):
     from jmeta import parallel
     parallel.initialize_distributed(coordinator_address=FLAGS.coordinator_address,
                                     num_processes=FLAGS.num_processes,
-                                    process_id=FLAGS.process_id)
+                                    process_id=FLAGS.process_id,
+                                    initialization_timeout=FLAGS.initialization_timeout,
+                                    heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds)
   try:
     metrics = run(FLAGS.config, FLAGS.workdir)
   except (config_checks.ConfigError, workdir_lib.WorkdirInUseError, NonFiniteError) as error:

@@ -70,3 +70,23 @@ def fingerprint(tree) -> str:
     digest.update(leaf.tobytes())
   return digest.hexdigest()
 
+
+
+def record_data_shards(workdir: str, data, *, labeled: bool) -> None:
+  """Writes which training images this process holds: `data_shards/process_<i>.json`.
+
+  Unsupervised pools are `[D, M/D, ...]` with one shard per device; a process lists the image
+  ranges of its own devices' shards, so a multi-host run can be checked to read every image
+  once. A labeled pool is replicated on every process.
+  """
+  folder = os.path.join(workdir, "data_shards")
+  os.makedirs(folder, exist_ok=True)
+  if labeled:
+    record = {"process": jax.process_index(), "replicated": True}
+  else:
+    per_shard = data.shape[1]
+    shards = sorted({shard.index[0].start or 0 for shard in data.addressable_shards})
+    record = {"process": jax.process_index(), "replicated": False,
+              "image_ranges": [[d * per_shard, (d + 1) * per_shard] for d in shards]}
+  with open(os.path.join(folder, f"process_{jax.process_index()}.json"), "w") as file:
+    json.dump(record, file)

@@ -74,14 +74,17 @@ def check_divisible(num_tasks: int, mesh: Mesh) -> None:
 def initialize_distributed(*, coordinator_address: Optional[str] = None,
                            num_processes: Optional[int] = None,
                            process_id: Optional[int] = None,
-                           initialization_timeout: int = 300) -> None:
+                           initialization_timeout: int = 300,
+                           heartbeat_timeout_seconds: int = 100) -> None:
   """Joins a multi-host job via `jax.distributed.initialize`.
 
   With no arguments, JAX auto-detects Slurm, Open MPI and TPU pod environments. On CPU,
-  cross-process collectives go through gloo.
+  cross-process collectives go through gloo. A process that stops sending heartbeats for
+  `heartbeat_timeout_seconds` makes the others fail instead of waiting forever.
   """
-  if jax.default_backend() == "cpu" or coordinator_address:
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  # Only CPU collectives read this; asking for the backend here would initialise it too early.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(coordinator_address=coordinator_address,
                              num_processes=num_processes, process_id=process_id,
-                             initialization_timeout=initialization_timeout)
+                             initialization_timeout=initialization_timeout,
+                             heartbeat_timeout_seconds=heartbeat_timeout_seconds)
