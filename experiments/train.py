@@ -28,6 +28,9 @@ def define_flags():
   flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go.")
   flags.DEFINE_string("coordinator_address", None,
                       "host:port of process 0, for multi-process runs.")
+  flags.DEFINE_bool("multihost", False,
+                    "Join a multi-host job via jax.distributed; without the flags below JAX "
+                    "auto-detects Slurm, Open MPI and TPU pod environments.")
   flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
   flags.DEFINE_integer("process_id", None, "This process's index.")
   flags.DEFINE_integer("heartbeat_timeout_seconds", 100,
@@ -196,7 +199,7 @@ def main(argv):
   from experiments import workdir as workdir_lib
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required.")
-  if FLAGS.coordinator_address or FLAGS.num_processes:
+  if FLAGS.multihost or FLAGS.coordinator_address or FLAGS.num_processes:
     from jmeta import parallel
     parallel.initialize_distributed(coordinator_address=FLAGS.coordinator_address,
                                     num_processes=FLAGS.num_processes,
