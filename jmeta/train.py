@@ -34,23 +34,37 @@ def init_state(meta_params: MetaParams, optimizer: optax.GradientTransformation)
                     step=jnp.zeros([], jnp.int32), num_skipped=jnp.zeros([], jnp.int32))
 
 
-def map_tasks(objective, *, task_chunk_size: Optional[int] = None):
+def map_tasks(objective, *, task_chunk_size: Optional[int] = None, num_shards: int = 1):
   """Maps `objective(meta_params, key, task)` over `[T]` keys and tasks.
 
   `task_chunk_size=None` vmaps all T tasks at once (largest matmuls; most memory); `c` runs
-  `lax.map` over T/c chunks of `c` vmapped tasks (`c=1`: one task at a time).
+  `lax.map` over chunks of `c` vmapped tasks per shard (`c=1`: one task at a time).
+
+  With the task axis sharded over `num_shards` devices, each `lax.map` iteration takes `c` tasks
+  from every shard, so every device keeps working on its own tasks; chunking the global axis
+  instead would make XLA gather all tasks onto every device and lose the data parallelism.
   """
 
   def mapped(meta_params, keys, tasks):
     per_task = jax.vmap(objective, in_axes=(None, 0, 0))
     num_tasks = keys.shape[0]
-    if task_chunk_size is None or task_chunk_size >= num_tasks:
+    if task_chunk_size is None or task_chunk_size * num_shards >= num_tasks:
       return per_task(meta_params, keys, tasks)
-    if num_tasks % task_chunk_size:
-      raise ValueError(f"task_chunk_size={task_chunk_size} must divide num_tasks={num_tasks}.")
-    chunked = jax.tree.map(lambda x: x.reshape((-1, task_chunk_size) + x.shape[1:]), (keys, tasks))
-    out = jax.lax.map(lambda chunk: per_task(meta_params, *chunk), chunked)
-    return jax.tree.map(lambda x: x.reshape((num_tasks,) + x.shape[2:]), out)
+    if num_tasks % (task_chunk_size * num_shards):
+      raise ValueError(f"task_chunk_size={task_chunk_size} must divide the tasks per shard "
+                       f"(num_tasks={num_tasks} over {num_shards} shards).")
+
+    def split(x):  # [T, ...] -> [T/(S*c), S*c, ...], iteration i: chunk i of every shard
+      x = x.reshape((num_shards, -1, task_chunk_size) + x.shape[1:])
+      return jnp.swapaxes(x, 0, 1).reshape((-1, num_shards * task_chunk_size) + x.shape[3:])
+
+    def merge(x):  # the inverse of split
+      x = x.reshape((x.shape[0], num_shards, task_chunk_size) + x.shape[2:])
+      return jnp.swapaxes(x, 0, 1).reshape((num_tasks,) + x.shape[3:])
+
+    out = jax.lax.map(lambda chunk: per_task(meta_params, *chunk),
+                      jax.tree.map(split, (keys, tasks)))
+    return jax.tree.map(merge, out)
 
   return mapped
 
@@ -70,7 +84,7 @@ def make_update(objective, optimizer: optax.GradientTransformation, *,
     optimizer: the outer optax optimizer.
     sample_tasks: `(key, data) -> Task` with leading `[num_tasks]`.
     num_tasks: T, the meta-batch size.
-    task_chunk_size: see `map_tasks`.
+    task_chunk_size: tasks per device vmapped at once; see `map_tasks`.
     mesh: shard the task axis over this mesh's `data` axis (None: no sharding constraint).
     skip_nonfinite: if the loss or gradient norm is NaN/inf, keep the old state (counted in
       `state.num_skipped` and the metric `skipped`) instead of applying the update.
@@ -83,7 +97,8 @@ def make_update(objective, optimizer: optax.GradientTransformation, *,
     raise ValueError(f"num_tasks={num_tasks} must be >= 1.")
   if mesh is not None:
     parallel.check_divisible(num_tasks, mesh)
-  mapped = map_tasks(objective, task_chunk_size=task_chunk_size)
+  mapped = map_tasks(objective, task_chunk_size=task_chunk_size,
+                     num_shards=1 if mesh is None else mesh.size)
 
   def update(state: TrainState, key: PRNGKey, data: PyTree) -> tuple[TrainState, Metrics]:
     key_tasks, key_objective = jax.random.split(jax.random.fold_in(key, state.step))

@@ -54,11 +54,20 @@ def conv2d(x: jax.Array, kernel: jax.Array, bias: Optional[jax.Array] = None, *,
 
 
 def max_pool2x2(x: jax.Array) -> jax.Array:
-  """2×2 max-pool, stride 2, floor ('VALID'): `[B, H, W, C]` -> `[B, H//2, W//2, C]`."""
+  """2×2 max-pool, stride 2, floor ('VALID'): `[B, H, W, C]` -> `[B, H//2, W//2, C]`.
+
+  The gradient goes to the (first) argmax of each window. `x.max(axis=...)` would route it by
+  testing `x == max` instead, and under `jit` XLA may recompute `x` in another fusion with
+  different rounding (batch norm's rsqrt), so the test fails and the gradient is silently wrong:
+  seen under jit(vmap(grad)) with norm="batch" (tests/models_test.py).
+  """
   batch, height, width, channels = x.shape
   h, w = height // 2, width // 2
   x = x[:, :2 * h, :2 * w, :].reshape(batch, h, 2, w, 2, channels)
-  return x.max(axis=(2, 4))
+  windows = jnp.stack([x[:, :, 0, :, 0], x[:, :, 0, :, 1], x[:, :, 1, :, 0], x[:, :, 1, :, 1]],
+                      axis=-1)  # [B, h, w, C, 4]
+  chosen = jnp.argmax(windows, axis=-1)[..., None] == jnp.arange(4)
+  return jnp.sum(jnp.where(chosen, windows, 0), axis=-1)
 
 
 def normalize(x: jax.Array, scale: Optional[jax.Array], offset: Optional[jax.Array], *,
