@@ -105,3 +105,28 @@ def test_killed_process_fails_the_other_in_bounded_time_then_job_resumes(env, tm
   assert code == 0
   lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert lines[-1]["final"] and lines[-1]["step"] == 4
+
+
+def _start(index, port, env, *extra):
+  return subprocess.Popen(
+      [sys.executable, "-m", "experiments.train", f"--coordinator_address=127.0.0.1:{port}",
+       "--num_processes=2", f"--process_id={index}", "--initialization_timeout=20", *extra],
+      cwd=REPO, env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2"),
+      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_mismatched_configs_across_processes_are_refused(env, tmp_path):
+  port = launch_local.free_port()
+  processes = [_start(i, port, env, *ARGS, f"--workdir={tmp_path}",
+                      f"--config.seed={i}") for i in range(2)]
+  errors = [p.communicate(timeout=300)[1] for p in processes]
+  assert all(p.returncode != 0 for p in processes)
+  assert any("config differs" in e for e in errors), errors[0][-1500:]
+
+
+def test_unreachable_coordinator_fails_within_the_initialization_timeout(env, tmp_path):
+  start = time.time()
+  lone = _start(1, launch_local.free_port(), env, *ARGS, f"--workdir={tmp_path}")
+  _, err = lone.communicate(timeout=300)
+  assert lone.returncode != 0
+  assert time.time() - start < 200, err[-1500:]
