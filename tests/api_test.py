@@ -30,6 +30,7 @@ MODULES = (
     "jmeta.classifiers",
     "jmeta.evaluate",
     "jmeta.models.conv4",
+    "jmeta.models.resnet12",
     "jmeta.models.layers",
     "jmeta.parallel",
     "jmeta.testing",
