@@ -1,18 +1,37 @@
 """Pure layer functions shared by jmeta's models.
 
-Convolutions are written as patch extraction plus one matrix multiply (`conv_impl="matmul"`).
-Under `vmap` over per-task weights, XLA lowers `lax.conv_general_dilated` to a grouped
-convolution that runs ~30× slower than matmuls on CPU, and its backward passes are slow even
-ungrouped; a batched `dot_general` instead runs near the machine's matmul peak. The native
-lowering stays available (`conv_impl="xla"`) and the two are tested equal.
+Three interchangeable convolutions (`conv2d(..., impl=...)`, all tested equal in values and in
+first-, second- and third-order and forward-mode derivatives, under `vmap`):
+
+* "native": `lax.conv_general_dilated` in XLA:CPU's canonical NHWC/HWIO form, wrapped in two
+  small JAX primitives (the convolution and its weight gradient) whose derivatives are again
+  those two primitives. Plain autodiff of `lax.conv_general_dilated` yields kernel-gradient and
+  input-gradient convolutions with transposed/reversed dimension numbers, and XLA:CPU only
+  rewrites those into a fast form outside loops (`ConvCanonicalization` visits the entry
+  computation only), so inside `lax.scan`/`lax.map` (the inner loop) they ran on a naive
+  fallback, up to 1 s per call. Here every convolution of the forward pass and of every
+  derivative order is canonical and lands in the fast library kernel (~90 GFLOP/s per core).
+  Under `vmap` with per-task kernels, the batching rule runs one convolution per task instead of
+  XLA's grouped convolution (which has no fast kernel on CPU).
+* "matmul": patch extraction plus one (batched) matrix multiply. Under `vmap` this becomes a
+  batched `dot_general`, which XLA:CPU spreads over all cores.
+* "xla": plain `lax.conv_general_dilated` and plain autodiff (the reference).
+
+See docs/PERFORMANCE.md for which is fastest where.
 """
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
+from jax.extend.core import Primitive
+from jax.interpreters import ad
+from jax.interpreters import batching
+from jax.interpreters import mlir
 
-CONV_IMPLS = ("matmul", "xla")
+CONV_IMPLS = ("matmul", "xla", "native")
 NORM_MODES = ("batch", "group", "none")
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def check_choice(name: str, value, allowed) -> None:
@@ -21,32 +40,130 @@ def check_choice(name: str, value, allowed) -> None:
     raise ValueError(f"{name}={value!r} is not supported; allowed values: {tuple(allowed)}.")
 
 
+# ------------------------------------------------------------------------------------------------
+# "native": two primitives, closed under differentiation.
+#
+#   conv(x, k)[b, i, j, o]     = Σ_{dy, dx, c} xpad[b, i + dy, j + dx, c] k[dy, dx, c, o]
+#   weight_grad(x, g)[dy,dx,c,o] = Σ_{b, i, j}   xpad[b, i + dy, j + dx, c] g[b, i, j, o]
+#
+# Both are bilinear. conv's transpose in x is conv(ct, flip_t(k)), in k it is weight_grad(x, ct);
+# weight_grad's transpose in x is conv(g, flip_t(ct)), in g it is conv(x, ct). So the derivatives
+# of any order (and their forward-mode versions) only ever call these two canonical forms.
+
+
+def _flip_t(kernel: jax.Array) -> jax.Array:
+  """The kernel of the input gradient: spatially flipped, input/output channels swapped."""
+  return jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
+
+
+def _padding(size):
+  return tuple((s // 2, s // 2) for s in size)
+
+
+def _conv_impl(x, kernel, *, size):
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), _padding(size), dimension_numbers=_NHWC)
+
+
+def _weight_grad_impl(x, g, *, size):
+  # A canonical convolution too: batch = input channels, features = examples, kernel = g.
+  out = jax.lax.conv_general_dilated(x.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), (1, 1),
+                                     _padding(size), dimension_numbers=_NHWC)  # [C, kh, kw, O]
+  return out.transpose(1, 2, 0, 3)
+
+
+_conv_p = Primitive("jmeta_conv2d_same")
+_weight_grad_p = Primitive("jmeta_conv2d_same_weight_grad")
+
+
+def _native_conv(x, kernel):
+  return _conv_p.bind(x, kernel, size=tuple(kernel.shape[:2]))
+
+
+def _native_weight_grad(x, g, size):
+  return _weight_grad_p.bind(x, g, size=tuple(size))
+
+
+def _conv_abstract_eval(x, kernel, *, size):
+  del size
+  return jax.core.ShapedArray(x.shape[:3] + kernel.shape[3:], x.dtype)
+
+
+def _weight_grad_abstract_eval(x, g, *, size):
+  return jax.core.ShapedArray(tuple(size) + (x.shape[3], g.shape[3]), x.dtype)
+
+
+def _to_front(value, dim, size):
+  if dim is None:
+    return jnp.broadcast_to(value, (size,) + value.shape)
+  return jnp.moveaxis(value, dim, 0)
+
+
+def _conv_batch(args, dims, *, size):
+  (x, kernel), (x_dim, kernel_dim) = args, dims
+  if kernel_dim is None:  # a shared kernel: fold the mapped axis into the batch
+    x = jnp.moveaxis(x, x_dim, 0)
+    out = _native_conv(x.reshape((-1,) + x.shape[2:]), kernel)
+    return out.reshape(x.shape[:2] + out.shape[1:]), 0
+  n = kernel.shape[kernel_dim]
+  x, kernel = _to_front(x, x_dim, n), _to_front(kernel, kernel_dim, n)
+  # Per-item kernels: one canonical convolution per item (XLA's grouped convolution is slow).
+  return jnp.stack([_native_conv(x[i], kernel[i]) for i in range(n)]), 0
+
+
+def _weight_grad_batch(args, dims, *, size):
+  (x, g), (x_dim, g_dim) = args, dims
+  n = x.shape[x_dim] if x_dim is not None else g.shape[g_dim]
+  x, g = _to_front(x, x_dim, n), _to_front(g, g_dim, n)
+  return jnp.stack([_native_weight_grad(x[i], g[i], size) for i in range(n)]), 0
+
+
+for _prim, _impl, _abstract, _batch in (
+    (_conv_p, _conv_impl, _conv_abstract_eval, _conv_batch),
+    (_weight_grad_p, _weight_grad_impl, _weight_grad_abstract_eval, _weight_grad_batch)):
+  _prim.def_impl(_impl)
+  _prim.def_abstract_eval(_abstract)
+  mlir.register_lowering(_prim, mlir.lower_fun(_impl, multiple_results=False))
+  batching.primitive_batchers[_prim] = _batch
+
+ad.defbilinear(_conv_p,
+               lambda ct, x, kernel, size: _native_conv(ct, _flip_t(kernel)),
+               lambda ct, x, kernel, size: _native_weight_grad(x, ct, size))
+ad.defbilinear(_weight_grad_p,
+               lambda ct, x, g, size: _native_conv(g, _flip_t(ct)),
+               lambda ct, x, g, size: _native_conv(x, ct))
+
+
 def conv2d(x: jax.Array, kernel: jax.Array, bias: Optional[jax.Array] = None, *,
-           impl: str = "matmul") -> jax.Array:
-  """Stride-1 'SAME' convolution with an odd square kernel.
+           impl: str = "native") -> jax.Array:
+  """Stride-1 'SAME' convolution with an odd kernel.
 
   Args:
     x: `[B, H, W, C]` inputs.
-    kernel: `[k, k, C, O]` weights (HWIO).
+    kernel: `[kh, kw, C, O]` weights (HWIO), kh and kw odd.
     bias: optional `[O]`.
-    impl: "matmul" (patches @ weights) or "xla" (`lax.conv_general_dilated`).
+    impl: "native" (canonical XLA convolutions with closed-form derivatives), "matmul"
+      (patches @ weights) or "xla" (`lax.conv_general_dilated` with plain autodiff).
 
   Returns:
     `[B, H, W, O]`.
   """
-  size = kernel.shape[0]
-  if impl == "xla":
-    out = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
-                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  check_choice("impl", impl, CONV_IMPLS)
+  if impl != "xla" and (kernel.shape[0] % 2 == 0 or kernel.shape[1] % 2 == 0):
+    raise ValueError(f"conv2d(impl={impl!r}) needs an odd kernel, got {kernel.shape[:2]}.")
+  if impl == "native":
+    out = _native_conv(x, kernel)
+  elif impl == "xla":
+    out = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=_NHWC)
   else:
     batch, height, width, channels = x.shape
-    pad = size // 2
-    padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    size_h, size_w = kernel.shape[:2]
+    pad_h, pad_w = size_h // 2, size_w // 2
+    padded = jnp.pad(x, ((0, 0), (pad_h, pad_h), (pad_w, pad_w), (0, 0)))
     patches = jnp.concatenate(
-        [padded[:, dy:dy + height, dx:dx + width, :] for dy in range(size) for dx in range(size)],
-        axis=-1)  # [B, H, W, k*k*C], ordered (dy, dx, c) like the HWIO kernel
-    out = patches.reshape(batch * height * width, size * size * channels) @ kernel.reshape(
-        size * size * channels, -1)
+        [padded[:, dy:dy + height, dx:dx + width, :] for dy in range(size_h)
+         for dx in range(size_w)], axis=-1)  # [B, H, W, kh*kw*C], ordered (dy, dx, c) like HWIO
+    out = patches.reshape(batch * height * width, size_h * size_w * channels) @ kernel.reshape(
+        size_h * size_w * channels, -1)
     out = out.reshape(batch, height, width, -1)
   if bias is not None:
     out = out + bias
@@ -56,18 +173,22 @@ def conv2d(x: jax.Array, kernel: jax.Array, bias: Optional[jax.Array] = None, *,
 def max_pool2x2(x: jax.Array) -> jax.Array:
   """2×2 max-pool, stride 2, floor ('VALID'): `[B, H, W, C]` -> `[B, H//2, W//2, C]`.
 
-  The gradient goes to the (first) argmax of each window. `x.max(axis=...)` would route it by
-  testing `x == max` instead, and under `jit` XLA may recompute `x` in another fusion with
-  different rounding (batch norm's rsqrt), so the test fails and the gradient is silently wrong:
-  seen under jit(vmap(grad)) with norm="batch" (tests/models_test.py).
+  The gradient goes to the first argmax of each window (row-major order, as `jnp.argmax`), chosen
+  by a chain of `where`s. `x.max(axis=...)` would route it by testing `x == max` instead, and
+  under `jit` XLA may recompute `x` in another fusion with different rounding (batch norm's
+  rsqrt), so the test fails and the gradient is silently lost: seen under jit(vmap(grad)) with
+  norm="batch" (tests/models_test.py). A `where` always sends the whole gradient to one operand.
+  The chain is one fused elementwise pass (no stacked copy of the windows).
   """
   batch, height, width, channels = x.shape
   h, w = height // 2, width // 2
   x = x[:, :2 * h, :2 * w, :].reshape(batch, h, 2, w, 2, channels)
-  windows = jnp.stack([x[:, :, 0, :, 0], x[:, :, 0, :, 1], x[:, :, 1, :, 0], x[:, :, 1, :, 1]],
-                      axis=-1)  # [B, h, w, C, 4]
-  chosen = jnp.argmax(windows, axis=-1)[..., None] == jnp.arange(4)
-  return jnp.sum(jnp.where(chosen, windows, 0), axis=-1)
+  top_left, top_right = x[:, :, 0, :, 0], x[:, :, 0, :, 1]
+  bottom_left, bottom_right = x[:, :, 1, :, 0], x[:, :, 1, :, 1]
+  def first_max(a, b):  # NaN wins, as in XLA's max
+    return jnp.where((a >= b) | jnp.isnan(a), a, b)
+
+  return first_max(first_max(top_left, top_right), first_max(bottom_left, bottom_right))
 
 
 def normalize(x: jax.Array, scale: Optional[jax.Array], offset: Optional[jax.Array], *,
@@ -81,22 +202,29 @@ def normalize(x: jax.Array, scale: Optional[jax.Array], offset: Optional[jax.Arr
       style: no information leaks across tasks); "group" — GroupNorm per example; "none".
     num_groups: groups for "group"; must divide C.
     eps: variance epsilon.
+
+  "batch" reads the activations once for both statistics: mean and variance come from the sums
+  of (x − s) and (x − s)² with s = stop_gradient(mean of the first example), close enough to the
+  batch mean to keep the cancellation in E[(x−s)²] − E[x−s]² at the level of the two-pass
+  formula (checked against float64 on the peer workload). The function is the same for every s
+  (the variance is shift-invariant), so all derivatives are exact.
   """
   if mode == "none":
     return x
   if mode == "batch":
-    mean = x.mean(axis=(0, 1, 2))
-    var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
-    x = (x - mean) * jax.lax.rsqrt(var + eps)
-  elif mode == "group":
+    shift = jax.lax.stop_gradient(x[0].mean(axis=(0, 1)))
+    centred = x - shift
+    mean = centred.mean(axis=(0, 1, 2))
+    var = jnp.maximum(jnp.square(centred).mean(axis=(0, 1, 2)) - jnp.square(mean), 0.0)
+    return (centred - mean) * (jax.lax.rsqrt(var + eps) * scale) + offset
+  if mode == "group":
     batch, height, width, channels = x.shape
     grouped = x.reshape(batch, height, width, num_groups, channels // num_groups)
     mean = grouped.mean(axis=(1, 2, 4), keepdims=True)
     var = jnp.mean(jnp.square(grouped - mean), axis=(1, 2, 4), keepdims=True)
     x = ((grouped - mean) * jax.lax.rsqrt(var + eps)).reshape(x.shape)
-  else:
-    check_choice("norm", mode, NORM_MODES)
-  return x * scale + offset
+    return x * scale + offset
+  check_choice("norm", mode, NORM_MODES)
 
 
 def uniform_init(key: jax.Array, shape, fan_in: int) -> jax.Array:

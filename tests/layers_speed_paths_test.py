@@ -1,0 +1,329 @@
+"""Every fast path in jmeta/models/layers.py computes what the plain path computes.
+
+The plain paths are `lax.conv_general_dilated` with JAX's own autodiff, `x.max` pooling by
+`reduce_window` and the two-pass batch-norm formula. The fast paths must agree in values and in
+first-, second- and third-order and forward-mode derivatives (MAML differentiates through the
+inner gradients; `jax.jvp(jax.grad(...))` is a Hessian-vector product), under `vmap` with shared
+and per-task kernels, inside `lax.scan`/`lax.map`, and on the peer-harness workload itself.
+Derivative checks run in float64 so that "equal" means equal up to rounding.
+"""
+import os
+import pathlib
+import re
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jmeta import classifiers
+from jmeta import inner
+from jmeta import meta
+from jmeta import testing
+from jmeta import train
+from jmeta.models import conv4
+from jmeta.models import layers
+
+_REPO = pathlib.Path(__file__).resolve().parents[1]
+_PEERS = pathlib.Path(os.environ.get("JMETA_PEERS_DIR", _REPO.parent / "shared" / "peers"))
+
+
+def _reference_conv(x, kernel):
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _conv(impl):
+  return lambda x, kernel: layers.conv2d(x, kernel, impl=impl)
+
+
+def _close(actual, desired, rtol=1e-9, atol=1e-12):
+  testing.assert_trees_allclose(actual, desired, rtol=rtol, atol=atol)
+
+
+# ------------------------------------------------------------------------------------------------
+# Convolutions.
+
+_SHAPES = [  # (B, H, W, C, O, kernel size)
+    (3, 7, 5, 4, 5, 3),
+    (2, 6, 9, 2, 4, 5),
+    (2, 1, 1, 3, 2, 3),    # Conv4's last block on 28×28 inputs
+    (2, 4, 6, 1, 3, 3),    # one input channel, as Conv4's first block
+]
+
+
+@pytest.mark.parametrize("impl", ["native", "matmul"])
+@pytest.mark.parametrize("shape", _SHAPES)
+def test_conv_equals_xla_in_values_and_derivatives_of_every_order(impl, shape):
+  batch, height, width, channels, out_channels, size = shape
+  keys = jax.random.split(jax.random.key(sum(shape)), 4)
+  with jax.enable_x64(True):
+    x = jax.random.normal(keys[0], (batch, height, width, channels), jnp.float64)
+    kernel = jax.random.normal(keys[1], (size, size, channels, out_channels), jnp.float64)
+    weights = jax.random.normal(keys[2], (batch, height, width, out_channels), jnp.float64)
+    direction = jax.random.normal(keys[3], kernel.shape, jnp.float64)
+
+    def derivatives(conv):
+      def loss(x, kernel):
+        return jnp.sum(jnp.tanh(conv(x, kernel)) * weights)
+
+      def meta_loss(x, kernel):  # a MAML-like objective: differentiate through a gradient
+        grad_x, grad_kernel = jax.grad(loss, argnums=(0, 1))(x, kernel)
+        return jnp.sum(jnp.sin(grad_x)) + loss(x, kernel - 0.1 * grad_kernel)
+
+      def third(kernel):
+        return jnp.sum(jax.grad(lambda k: jnp.sum(jax.grad(loss, argnums=1)(x, k) ** 2))(kernel)
+                       ** 2)
+
+      return {
+          "value": conv(x, kernel),
+          "grad": jax.grad(loss, argnums=(0, 1))(x, kernel),
+          "second": jax.grad(meta_loss, argnums=(0, 1))(x, kernel),
+          "third": jax.grad(third)(kernel),
+          "jvp": jax.jvp(conv, (x, kernel), (0.3 * x, direction))[1],
+          "hvp": jax.jvp(lambda k: jax.grad(loss, argnums=1)(x, k), (kernel,), (direction,))[1],
+          "jit_second": jax.jit(jax.grad(meta_loss, argnums=(0, 1)))(x, kernel),
+      }
+
+    fast, reference = derivatives(_conv(impl)), derivatives(_reference_conv)
+    for name in reference:
+      try:
+        _close(fast[name], reference[name])
+      except AssertionError as error:
+        raise AssertionError(f"impl={impl} {name} differs from lax.conv_general_dilated") from error
+
+
+@pytest.mark.parametrize("impl", ["native", "matmul"])
+@pytest.mark.parametrize("kernels_per_task", [True, False])
+def test_conv_under_vmap_equals_xla_with_second_order_gradients(impl, kernels_per_task):
+  """grad(vmap(grad(...))), the shape of a MAML meta-gradient, with per-task or shared kernels."""
+  keys = jax.random.split(jax.random.key(7), 3)
+  with jax.enable_x64(True):
+    x = jax.random.normal(keys[0], (3, 4, 7, 6, 5), jnp.float64)
+    kernel = jax.random.normal(keys[1], (3, 3, 3, 5, 6) if kernels_per_task else (3, 3, 5, 6),
+                               jnp.float64)
+    weights = jax.random.normal(keys[2], (3, 4, 7, 6, 6), jnp.float64)
+    kernel_axis = 0 if kernels_per_task else None
+
+    def meta_gradient(conv):
+      def task_loss(x, kernel, weights):
+        inner_grad = jax.grad(lambda k: jnp.sum(jnp.tanh(conv(x, k)) * weights))(kernel)
+        return jnp.sum(jnp.tanh(conv(x, kernel - 0.2 * inner_grad)) ** 2)
+
+      per_task = jax.vmap(task_loss, in_axes=(0, kernel_axis, 0))
+      return jax.jit(jax.value_and_grad(lambda k: jnp.sum(per_task(x, k, weights))))(kernel)
+
+    _close(meta_gradient(_conv(impl)), meta_gradient(_reference_conv))
+
+
+def _tiny_maml_step(conv_impl, *, task_chunk_size=None, remat=False):
+  """The MAML meta-gradient of a 2-block Conv4 (lax.scan inner loop, lax.map over chunks)."""
+  model = testing.tiny_conv(conv_impl=conv_impl)
+  adapter = inner.head(model.apply, step_size=0.3)
+  objective = meta.maml(adapter, classifiers.linear_head(model.apply), num_inner_steps=3,
+                        remat=remat, extra_metrics=False)
+  mapped = train.map_tasks(objective, task_chunk_size=task_chunk_size)
+
+  def meta_loss(meta_params, keys, tasks):
+    return jnp.mean(mapped(meta_params, keys, tasks)[0])
+
+  return model, adapter, jax.jit(jax.value_and_grad(meta_loss))
+
+
+@pytest.mark.parametrize("task_chunk_size,remat", [(None, False), (1, False), (2, True)])
+def test_conv4_maml_meta_gradient_native_equals_xla(task_chunk_size, remat):
+  with jax.enable_x64(True):
+    tasks = testing.fake_tasks(jax.random.key(1), num_tasks=4, dtype=jnp.float64)
+    keys = jax.random.split(jax.random.key(2), 4)
+    results = []
+    for impl in ("native", "xla"):
+      model, adapter, step = _tiny_maml_step(impl, task_chunk_size=task_chunk_size, remat=remat)
+      params = {"encoder": model.init(jax.random.key(0)),
+                "head": inner.init_head(jax.random.key(3), model.embedding_dim, 3)}
+      results.append(step(testing.to_float64(adapter.init_meta(params)), keys, tasks))
+    _close(results[0], results[1])
+
+
+def test_native_convolutions_stay_canonical_inside_loops():
+  """The point of "native": every convolution XLA compiles for a second-order MAML step with a
+  `lax.scan` inner loop and `lax.map` over tasks has NHWC/HWIO dimension numbers, no kernel
+  reversal and no feature groups, the form XLA:CPU runs on its fast kernel. Plain autodiff
+  (impl="xla") does not (checked too, so this test notices if XLA starts handling it)."""
+  tasks = testing.fake_tasks(jax.random.key(1), num_tasks=2)
+  keys = jax.random.split(jax.random.key(2), 2)
+
+  def compiled_convolutions(impl, chunk):
+    model, adapter, step = _tiny_maml_step(impl, task_chunk_size=chunk)
+    params = {"encoder": model.init(jax.random.key(0)),
+              "head": inner.init_head(jax.random.key(3), model.embedding_dim, 3)}
+    text = step.lower(adapter.init_meta(params), keys, tasks).compile().as_text()
+    return [line for line in text.splitlines() if " convolution(" in line]
+
+  def canonical(line):
+    return ("dim_labels=b01f_01io->b01f" in line and "reversal" not in line
+            and "feature_group_count" not in line)
+
+  for chunk in (None, 1):
+    convolutions = compiled_convolutions("native", chunk)
+    assert convolutions, "no convolution compiled"
+    bad = [re.sub(r"metadata=.*", "", line) for line in convolutions if not canonical(line)]
+    assert not bad, f"task_chunk_size={chunk}: non-canonical convolutions:\n" + "\n".join(bad)
+  assert not all(canonical(line) for line in compiled_convolutions("xla", 1))
+
+
+def test_conv2d_validates_arguments():
+  x, kernel = jnp.zeros((1, 4, 4, 2)), jnp.zeros((2, 2, 2, 3))
+  with pytest.raises(ValueError, match="odd kernel"):
+    layers.conv2d(x, kernel, impl="native")
+  with pytest.raises(ValueError, match="impl='fft'"):
+    layers.conv2d(x, jnp.zeros((3, 3, 2, 3)), impl="fft")
+
+
+# ------------------------------------------------------------------------------------------------
+# Max-pool.
+
+
+def _argmax_pool(x):
+  """The previous implementation: stack the windows, route by jnp.argmax (first max)."""
+  batch, height, width, channels = x.shape
+  h, w = height // 2, width // 2
+  x = x[:, :2 * h, :2 * w, :].reshape(batch, h, 2, w, 2, channels)
+  windows = jnp.stack([x[:, :, 0, :, 0], x[:, :, 0, :, 1], x[:, :, 1, :, 0], x[:, :, 1, :, 1]],
+                      axis=-1)
+  chosen = jnp.argmax(windows, axis=-1)[..., None] == jnp.arange(4)
+  return jnp.sum(jnp.where(chosen, windows, 0), axis=-1)
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 5, 3), (1, 6, 8, 4)])
+def test_max_pool_equals_reduce_window_and_routes_like_argmax(shape):
+  with jax.enable_x64(True):
+    x = jax.random.normal(jax.random.key(4), shape, jnp.float64)
+    # ties, including all-equal windows and ReLU zeros, must go to the first maximum
+    x = x.at[:, 0:2, 0:2, 0].set(1.5).at[:, 2:4, 0:2, 1].set(0.0)
+    x = x.at[0, 0, 1, 2].set(x[0, 0, 0, 2])
+    weights = jax.random.normal(jax.random.key(5), (shape[0], shape[1] // 2, shape[2] // 2,
+                                                    shape[3]), jnp.float64)
+    reference = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1),
+                                      "VALID")
+    np.testing.assert_array_equal(layers.max_pool2x2(x), reference)
+
+    def derivatives(pool):
+      loss = lambda x: jnp.sum(jnp.sin(pool(x)) * weights)
+      second = lambda x: jnp.sum(jax.grad(loss)(x) ** 2 * x)
+      return (jax.grad(loss)(x), jax.grad(second)(x), jax.jit(jax.grad(second))(x),
+              jax.jvp(jax.grad(loss), (x,), (x ** 2,))[1])
+
+    _close(derivatives(layers.max_pool2x2), derivatives(_argmax_pool))
+
+
+def test_max_pool_propagates_nan():
+  x = jnp.zeros((1, 2, 2, 2)).at[0, 1, 1, 0].set(jnp.nan).at[0, 0, 0, 1].set(jnp.nan)
+  out = layers.max_pool2x2(x)
+  assert np.all(np.isnan(out))
+
+
+# ------------------------------------------------------------------------------------------------
+# Batch norm.
+
+
+def _two_pass_batch_norm(x, scale, offset, eps=1e-5):
+  mean = x.mean(axis=(0, 1, 2))
+  var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
+  return (x - mean) * jax.lax.rsqrt(var + eps) * scale + offset
+
+
+def test_batch_norm_equals_two_pass_formula_with_derivatives():
+  keys = jax.random.split(jax.random.key(6), 4)
+  with jax.enable_x64(True):
+    x = jax.random.normal(keys[0], (3, 4, 5, 6), jnp.float64) * 3.0 + 1.0
+    scale = jax.random.normal(keys[1], (6,), jnp.float64)
+    offset = jax.random.normal(keys[2], (6,), jnp.float64)
+    weights = jax.random.normal(keys[3], x.shape, jnp.float64)
+
+    def derivatives(norm):
+      loss = lambda x, s, o: jnp.sum(jnp.tanh(norm(x, s, o)) * weights)
+      second = lambda x, s, o: jnp.sum(jax.grad(loss)(x, s, o) ** 2) + loss(x, s * 1.1, o)
+      return (norm(x, scale, offset), jax.grad(loss, argnums=(0, 1, 2))(x, scale, offset),
+              jax.grad(second, argnums=(0, 1, 2))(x, scale, offset),
+              jax.jvp(lambda x: jax.grad(loss)(x, scale, offset), (x,), (weights,))[1])
+
+    _close(derivatives(lambda x, s, o: layers.normalize(x, s, o, mode="batch")),
+           derivatives(_two_pass_batch_norm), rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("mean,std", [(1e3, 1.0), (-50.0, 1e-2), (0.0, 1e-3)])
+def test_batch_norm_float32_is_as_accurate_as_two_pass(mean, std):
+  """Large means relative to the spread: the one-pass statistics must not cancel catastrophically."""
+  x64 = np.asarray(jax.random.normal(jax.random.key(8), (5, 14, 14, 8)), np.float64) * std + mean
+  x64[1:] += np.linspace(0, 3 * std, 4)[:, None, None, None]  # examples differ a bit
+  reference = (x64 - x64.mean((0, 1, 2))) / np.sqrt(x64.var((0, 1, 2)) + 1e-5)
+  x = jnp.asarray(x64, jnp.float32)
+  ones, zeros = jnp.ones(8), jnp.zeros(8)
+  fast = np.asarray(layers.normalize(x, ones, zeros, mode="batch"), np.float64)
+  plain = np.asarray(_two_pass_batch_norm(x, ones, zeros), np.float64)
+  assert np.max(np.abs(fast - reference)) <= 2 * np.max(np.abs(plain - reference)) + 1e-6
+
+
+# ------------------------------------------------------------------------------------------------
+# The peer-harness workload (Conv4, 5-way 1-shot, 5 inner steps at 0.4, BatchNorm): the
+# meta-gradients of every conv implementation agree, and the loss at the harness's initial
+# parameters is the one jax_ref_map reports (1.77822 on meta-batch 0).
+
+
+def _peer_workload():
+  if not (_PEERS / "workload.py").is_file():
+    pytest.fail(f"{_PEERS}/workload.py not found: set JMETA_PEERS_DIR to the peer harness folder")
+  sys.path.insert(0, str(_PEERS))
+  sys.path.insert(0, str(_REPO / "benchmarks"))
+  import jmeta_peer  # pylint: disable=g-import-not-at-top
+  import workload  # pylint: disable=g-import-not-at-top
+  return workload, jmeta_peer
+
+
+@pytest.mark.parametrize("variant", ["so", "bmg2"])
+def test_peer_workload_meta_gradients_are_as_accurate_as_xla(variant):
+  """float32 loss and meta-gradient of each conv impl against a float64 reference, on 2 tasks of
+  the harness's meta-batch 0. Through 5 second-order steps of BatchNorm on 5 images float32 is
+  itself off by ~1e-2 (relative L2 of the gradient), so each impl must be as close to float64 as
+  the plain "xla" path is (within 2×), not equal to it."""
+  workload, jmeta_peer = _peer_workload()
+  from jmeta import types  # pylint: disable=g-import-not-at-top
+  num_tasks = 2
+  batch = workload.make_batches(1)[0]
+  keys = jax.random.split(jax.random.key(0), num_tasks)
+
+  def loss_and_grad(impl, dtype):
+    tasks = types.Task(support=jnp.asarray(workload.to_nhwc(batch["xs"][:num_tasks]), dtype),
+                       support_labels=jnp.asarray(batch["ys"][:num_tasks], jnp.int32),
+                       query=jnp.asarray(workload.to_nhwc(batch["xq"][:num_tasks]), dtype),
+                       query_labels=jnp.asarray(batch["yq"][:num_tasks], jnp.int32))
+    model = conv4.make(image_size=28, channels=1, width=64, num_blocks=4, conv_impl=impl)
+    adapter, objective = jmeta_peer.build_objective(variant, model.apply)
+    meta_params = adapter.init_meta(jmeta_peer.params_from_workload(workload.init_params()))
+    meta_params = jax.tree.map(lambda v: jnp.asarray(v, dtype), meta_params)
+    mapped = train.map_tasks(objective, task_chunk_size=1)
+    loss, grads = jax.jit(jax.value_and_grad(
+        lambda p: jnp.mean(mapped(p, keys, tasks)[0])))(meta_params)
+    return float(loss), np.concatenate([np.ravel(np.asarray(g, np.float64))
+                                        for g in jax.tree.leaves(grads)])
+
+  with jax.enable_x64(True):
+    ref_loss, ref_grad = loss_and_grad("native", jnp.float64)  # == "xla" in float64 (see above)
+  errors = {}
+  for impl in ("xla", "native", "matmul"):
+    loss, grad = loss_and_grad(impl, jnp.float32)
+    errors[impl] = (abs(loss - ref_loss) / abs(ref_loss),
+                    np.linalg.norm(grad - ref_grad) / np.linalg.norm(ref_grad))
+  for what, error, bound in zip(("loss", "gradient"), errors["native"], errors["xla"]):
+    assert error <= 2 * bound + 1e-5, ("native", what, errors)
+  # "matmul" is measurably less accurate here (so: 2e-5 loss / 1.3e-3 gradient; bmg2: 2.2e-3 /
+  # 2.8e-3, against ~5e-6 / 4e-5 for "xla" and "native"), though inside the harness's 5e-2.
+  assert errors["matmul"][0] < 1e-2 and errors["matmul"][1] < 5e-2, ("matmul", errors)
+
+
+def test_peer_runner_loss_at_step_zero_matches_the_reference():
+  workload, jmeta_peer = _peer_workload()
+  del workload
+  runner = jmeta_peer.Runner("fo")
+  assert abs(runner.step(0) - 1.77822) < 2e-4
