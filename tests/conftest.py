@@ -2,6 +2,7 @@
 import os
 import pathlib
 
+import jax
 import pytest
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -24,3 +25,15 @@ def cache_dir(tmp_path_factory) -> pathlib.Path:
   with pytest.MonkeyPatch.context() as patch:
     patch.setenv("JMETA_CACHE_DIR", str(path))
     yield path
+
+
+@pytest.fixture(scope="module")
+def fast_compilation():
+  """Tiny programs: skip XLA optimisations, which dominate the run time (flax train_test).
+
+  Opt in per module with `pytestmark = pytest.mark.usefixtures("fast_compilation")`.
+  """
+  previous = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)

@@ -17,13 +17,7 @@ NUM_CLASSES, PER_CLASS, H, W = 12, 7, 10, 9
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compilation():
-  """Tiny programs: skip XLA optimisations, which dominate the run time (flax train_test)."""
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compilation")
 
 
 def make_dataset():

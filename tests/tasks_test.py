@@ -13,13 +13,7 @@ from jmeta.data.dataset import Dataset
 NUM_CLASSES, PER_CLASS, H, W = 12, 7, 10, 9
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compilation():
-  """Tiny programs: skip XLA optimisations, which dominate the run time (flax train_test)."""
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compilation")
 
 
 def make_dataset(num_classes=NUM_CLASSES, per_class=PER_CLASS, *, small_class=None):
