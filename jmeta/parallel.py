@@ -62,7 +62,7 @@ def shard_pool(images: np.ndarray, mesh: Mesh) -> jax.Array:
   if per_shard < 1:
     raise ValueError(f"{images.shape[0]} images cannot be split over {num_shards} devices.")
   pool = images[:per_shard * num_shards].reshape((num_shards, per_shard) + images.shape[1:])
-  return jax.make_array_from_callback(pool.shape, task_sharding(mesh), lambda index: pool[index])
+  return place(pool, task_sharding(mesh))
 
 
 def check_divisible(num_tasks: int, mesh: Mesh) -> None:
