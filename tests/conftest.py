@@ -11,7 +11,8 @@ _REPO = pathlib.Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def data_dir() -> pathlib.Path:
   """The real offline data: ``$JMETA_DATA_DIR``, else ``<repo>/../shared/data``. Never skips."""
-  path = pathlib.Path(os.environ.get("JMETA_DATA_DIR", _REPO.parent / "shared" / "data"))
+  # Absolute, because tests symlink to it and build file:// URIs from it (CI passes ../shared/data).
+  path = pathlib.Path(os.environ.get("JMETA_DATA_DIR", _REPO.parent / "shared" / "data")).resolve()
   if not path.is_dir():
     pytest.fail(f"data directory {path} does not exist: set JMETA_DATA_DIR to a folder with "
                 "omniglot/, mnist/ and sklearn_digits/ (layout: jmeta/data/paths.py)")
