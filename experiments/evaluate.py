@@ -31,10 +31,17 @@ def define_flags():
   flags.DEFINE_enum("adapted", "no", ["no", "yes", "both"],
                     "Classify after an inner loop on the labeled support.")
   flags.DEFINE_string("name", None, "Output file suffix (default: from --dataset).")
+  flags.DEFINE_enum("conv_impl", "xla", ["xla", "matmul", "native"],
+                    "Convolution lowering for evaluation (same values; with one set of weights "
+                    "shared by every episode XLA's own convolution is the fastest on CPU).")
 
 
-def load_workdir(workdir: str):
-  """(config, model, adapter, meta_params) of the newest restorable checkpoint in `workdir`."""
+def load_workdir(workdir: str, *, conv_impl: str | None = None):
+  """(config, model, adapter, meta_params, step) of the newest restorable checkpoint in `workdir`.
+
+  `conv_impl` overrides the trained model's convolution lowering (every lowering computes the
+  same function of the same parameters).
+  """
   import jax
   import ml_collections
 
@@ -42,6 +49,8 @@ def load_workdir(workdir: str):
   from experiments import factories
   with open(os.path.join(workdir, "config.json")) as file:
     config = ml_collections.ConfigDict(json.load(file))
+  if conv_impl is not None:
+    config.model.conv_impl = conv_impl
   channels = 3 if config.data.source.startswith("tfds:") else 1
   model = factories.build_model(config.model, image_size=config.data.image_size,
                                 channels=channels)
@@ -109,10 +118,10 @@ def adapted_classifier(config, model, meta_params, *, num_ways: int):
 def evaluate_workdir(workdir: str, *, dataset: str = "omniglot:vinyals_test",
                      rotations: bool = True, ways=(5, 20), shots=(1, 5), num_queries: int = 15,
                      num_episodes: int = 2000, seed: int = 0, adapted: str = "no",
-                     progress: bool = True) -> list:
+                     progress: bool = True, conv_impl: str | None = "xla") -> list:
   """Every (mode, N, K) protocol on `dataset`; returns rows of dicts."""
   from jmeta import evaluate
-  config, model, adapter, meta_params, step = load_workdir(workdir)
+  config, model, adapter, meta_params, step = load_workdir(workdir, conv_impl=conv_impl)
   eval_set = load_eval_dataset(dataset, image_size=config.data.image_size, rotations=rotations)
   modes = {"no": [False], "yes": [True], "both": [False, True]}[adapted]
   if adapter is None and True in modes:
@@ -154,7 +163,7 @@ def main(argv):
   rows = evaluate_workdir(FLAGS.workdir, dataset=FLAGS.dataset, rotations=FLAGS.rotations,
                           ways=[int(w) for w in FLAGS.ways], shots=[int(k) for k in FLAGS.shots],
                           num_queries=FLAGS.queries, num_episodes=FLAGS.episodes,
-                          seed=FLAGS.seed, adapted=FLAGS.adapted)
+                          seed=FLAGS.seed, adapted=FLAGS.adapted, conv_impl=FLAGS.conv_impl)
   table = markdown_table(rows)
   print(table)
   name = FLAGS.name or FLAGS.dataset.replace(":", "_")

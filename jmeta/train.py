@@ -69,6 +69,77 @@ def map_tasks(objective, *, task_chunk_size: Optional[int] = None, num_shards: i
   return mapped
 
 
+def meta_gradient(objective, *, num_tasks: int, task_chunk_size: Optional[int] = None,
+                  mesh=None):
+  """`(meta_params, keys, tasks) -> ((mean loss, per-task metrics), mean meta-gradient)`.
+
+  The gradient of the mean of `objective` over `[T]` tasks, computed so that nothing per task
+  outlives its own chunk:
+
+  * `task_chunk_size=None`: one `vmap` over the tasks (of each device), differentiated as a
+    whole: largest batched matmuls, activation memory for every task at once.
+  * `task_chunk_size=c`: `lax.map` over chunks of `c` vmapped tasks, each chunk's meta-gradient
+    taken inside the loop and summed. Differentiating `lax.map` from outside instead would
+    stack every chunk's activations for a backward loop; here they are freed chunk by chunk
+    (on the peer workload: 1/15 of the temporaries, -20% time; docs/PERFORMANCE.md). With one
+    task per chunk the weights are no longer batched, so XLA's own convolutions apply
+    (`conv_impl="native"`), which is the fastest CPU path.
+  * `mesh`: every device takes its `T / devices` tasks under `shard_map` and the sums meet in
+    one `psum`, so the per-device program is exactly the single-device one.
+
+  All three compute the same numbers up to float32 summation order.
+  """
+  if mesh is not None:
+    parallel.check_divisible(num_tasks, mesh)
+  num_shards = 1 if mesh is None else mesh.size
+  local_tasks = num_tasks // num_shards
+  if task_chunk_size is not None and (task_chunk_size < 1 or local_tasks % min(
+      task_chunk_size, local_tasks)):
+    raise ValueError(f"task_chunk_size={task_chunk_size} must be >= 1 and divide the "
+                     f"{local_tasks} tasks per device (num_tasks={num_tasks} over "
+                     f"{num_shards} devices).")
+
+  def chunk_sum(meta_params, keys, tasks):
+    def summed(meta_params):
+      losses, metrics = jax.vmap(objective, in_axes=(None, 0, 0))(meta_params, keys, tasks)
+      return jnp.sum(losses), metrics
+    return jax.value_and_grad(summed, has_aux=True)(meta_params)
+
+  def local_sum(meta_params, keys, tasks):
+    size = keys.shape[0] if task_chunk_size is None else min(task_chunk_size, keys.shape[0])
+    if size == keys.shape[0]:
+      return chunk_sum(meta_params, keys, tasks)
+    chunks = jax.tree.map(lambda x: x.reshape((-1, size) + x.shape[1:]), (keys, tasks))
+    (loss, metrics), grads = jax.lax.map(lambda chunk: chunk_sum(meta_params, *chunk), chunks)
+    merge = lambda m: m.reshape((-1,) + m.shape[2:])
+    return ((jnp.sum(loss), jax.tree.map(merge, metrics)),
+            jax.tree.map(lambda g: jnp.sum(g, axis=0), grads))
+
+  if num_shards == 1:
+    summed_over_tasks = local_sum
+  else:
+    axis = parallel.DATA_AXIS
+
+    def per_device(meta_params, keys, tasks):
+      # Mark the replicated meta parameters as varying per device: the gradient of a replicated
+      # value is psum-ed by JAX, which would all-reduce every inner-loop gradient.
+      meta_params = jax.tree.map(lambda v: jax.lax.pcast(v, (axis,), to="varying"),
+                                 meta_params)
+      (loss, metrics), grads = local_sum(meta_params, keys, tasks)
+      return (jax.lax.psum(loss, axis), metrics), jax.lax.psum(grads, axis)
+
+    tasks_spec, replicated_spec = jax.sharding.PartitionSpec(axis), jax.sharding.PartitionSpec()
+    summed_over_tasks = jax.shard_map(
+        per_device, mesh=mesh, in_specs=(replicated_spec, tasks_spec, tasks_spec),
+        out_specs=((replicated_spec, tasks_spec), replicated_spec))
+
+  def mean_over_tasks(meta_params, keys, tasks):
+    (loss, metrics), grads = summed_over_tasks(meta_params, keys, tasks)
+    return (loss / num_tasks, metrics), jax.tree.map(lambda g: g / num_tasks, grads)
+
+  return mean_over_tasks
+
+
 def make_update(objective, optimizer: optax.GradientTransformation, *,
                 sample_tasks: TaskSampler, num_tasks: int,
                 task_chunk_size: Optional[int] = None, mesh=None,
@@ -76,16 +147,16 @@ def make_update(objective, optimizer: optax.GradientTransformation, *,
   """Builds ONE jitted outer step `update(state, key, data) -> (state, metrics)`.
 
   The step folds `state.step` into the run `key`, samples `num_tasks` tasks from the on-device
-  `data` with `sample_tasks`, maps the objective over them (vmap, or chunks of it), takes the
-  mean loss's gradient with respect to the meta parameters and applies `optimizer`.
+  `data` with `sample_tasks`, takes the gradient of the mean loss over them with respect to the
+  meta parameters (`meta_gradient`: vmap, chunks, devices) and applies `optimizer`.
 
   Args:
     objective: `(meta_params, key, task) -> (loss, metrics)` for one task.
     optimizer: the outer optax optimizer.
     sample_tasks: `(key, data) -> Task` with leading `[num_tasks]`.
     num_tasks: T, the meta-batch size.
-    task_chunk_size: tasks per device vmapped at once; see `map_tasks`.
-    mesh: shard the task axis over this mesh's `data` axis (None: no sharding constraint).
+    task_chunk_size: tasks per device vmapped at once; see `meta_gradient`.
+    mesh: split the tasks over this mesh's `data` axis (`shard_map`; None: one device).
     skip_nonfinite: if the loss or gradient norm is NaN/inf, keep the old state (counted in
       `state.num_skipped` and the metric `skipped`) instead of applying the update.
     donate: donate the input state's buffers (do not reuse the state passed in).
@@ -95,10 +166,8 @@ def make_update(objective, optimizer: optax.GradientTransformation, *,
   """
   if num_tasks < 1:
     raise ValueError(f"num_tasks={num_tasks} must be >= 1.")
-  if mesh is not None:
-    parallel.check_divisible(num_tasks, mesh)
-  mapped = map_tasks(objective, task_chunk_size=task_chunk_size,
-                     num_shards=1 if mesh is None else mesh.size)
+  gradient_fn = meta_gradient(objective, num_tasks=num_tasks, task_chunk_size=task_chunk_size,
+                              mesh=mesh)
 
   def update(state: TrainState, key: PRNGKey, data: PyTree) -> tuple[TrainState, Metrics]:
     key_tasks, key_objective = jax.random.split(jax.random.fold_in(key, state.step))
@@ -107,11 +176,8 @@ def make_update(objective, optimizer: optax.GradientTransformation, *,
     if mesh is not None:
       tasks, keys = jax.lax.with_sharding_constraint((tasks, keys), parallel.task_sharding(mesh))
 
-    def mean_loss(meta_params):
-      task_losses, task_metrics = mapped(meta_params, keys, tasks)
-      return jnp.mean(task_losses), jax.tree.map(jnp.mean, task_metrics)
-
-    (loss, metrics), grads = jax.value_and_grad(mean_loss, has_aux=True)(state.meta_params)
+    (loss, task_metrics), grads = gradient_fn(state.meta_params, keys, tasks)
+    metrics = jax.tree.map(jnp.mean, task_metrics)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.meta_params)
     meta_params = optax.apply_updates(state.meta_params, updates)
     gradient_norm = optax.tree.norm(grads)

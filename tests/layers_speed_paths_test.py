@@ -327,3 +327,94 @@ def test_peer_runner_loss_at_step_zero_matches_the_reference():
   del workload
   runner = jmeta_peer.Runner("fo")
   assert abs(runner.step(0) - 1.77822) < 2e-4
+
+
+# ------------------------------------------------------------------------------------------------
+# train.meta_gradient: per-chunk meta-gradients inside the task loop, tasks split over devices
+# with shard_map; with one task per chunk the native (unbatched-weight) convolutions apply.
+
+
+def _native_maml(num_inner_steps, dtype=jnp.float32):
+  model = testing.tiny_conv(conv_impl="native")
+  adapter = inner.head(model.apply, step_size=0.3)
+  objective = meta.maml(adapter, classifiers.linear_head(model.apply),
+                        num_inner_steps=num_inner_steps, extra_metrics=False)
+  params = {"encoder": model.init(jax.random.key(0)),
+            "head": inner.init_head(jax.random.key(3), model.embedding_dim, 3)}
+  meta_params = adapter.init_meta(params)
+  if dtype == jnp.float64:
+    meta_params = testing.to_float64(meta_params)
+  return objective, meta_params
+
+
+@pytest.mark.parametrize("task_chunk_size", [None, 1, 2])
+def test_meta_gradient_chunks_equal_the_gradient_of_the_mean(task_chunk_size):
+  with jax.enable_x64(True):
+    tasks = testing.fake_tasks(jax.random.key(1), num_tasks=4, dtype=jnp.float64)
+    keys = jax.random.split(jax.random.key(2), 4)
+    objective, meta_params = _native_maml(3, jnp.float64)
+    mapped = train.map_tasks(objective)
+    loss, grads = jax.value_and_grad(lambda p: jnp.mean(mapped(p, keys, tasks)[0]))(meta_params)
+    gradient_fn = train.meta_gradient(objective, num_tasks=4, task_chunk_size=task_chunk_size)
+    (chunked_loss, metrics), chunked_grads = jax.jit(gradient_fn)(meta_params, keys, tasks)
+    _close((chunked_loss, chunked_grads), (loss, grads))
+    np.testing.assert_allclose(metrics["meta_loss"], mapped(meta_params, keys, tasks)[1]["meta_loss"],
+                               rtol=1e-9)
+
+
+def test_meta_gradient_rejects_a_chunk_size_that_does_not_divide_the_tasks():
+  objective, _ = _native_maml(1)
+  with pytest.raises(ValueError, match="task_chunk_size=3 must be >= 1 and divide the 4 tasks"):
+    train.meta_gradient(objective, num_tasks=4, task_chunk_size=3)
+
+
+def _two_device_report():
+  """Run as a script with 2 CPU devices: make_update's steps on 1 and on 2 devices."""
+  jax.config.update("jax_num_cpu_devices", 2)
+  import json  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from jmeta import parallel  # pylint: disable=g-import-not-at-top
+  tasks = testing.fake_tasks(jax.random.key(1), num_tasks=4)
+  objective, meta_params = _native_maml(2)
+  # SGD, not Adam: Adam turns float32 noise in near-zero gradients (conv biases before batch
+  # norm) into full-size steps, which would hide whether the gradients agree.
+  optimizer = optax.sgd(0.1)
+  results = []
+  for devices, task_chunk_size in ((1, None), (1, 1), (2, 1), (2, None)):
+    mesh = parallel.make_mesh(devices) if devices > 1 else None
+    state = train.init_state(meta_params, optimizer)
+    data = tasks
+    if mesh is not None:
+      state, data = parallel.replicate(state, mesh), parallel.place(tasks, parallel.task_sharding(mesh))
+    update = train.make_update(objective, optimizer, sample_tasks=lambda key, data: data,
+                               num_tasks=4, task_chunk_size=task_chunk_size, mesh=mesh,
+                               donate=False)
+    losses = []
+    for _ in range(3):
+      state, metrics = update(state, jax.random.key(5), data)
+      losses.append(float(metrics["meta_loss"]))
+    results.append({"losses": losses, "params": [np.asarray(v).tolist()
+                                                  for v in jax.tree.leaves(state.meta_params)]})
+  print(json.dumps({"devices": len(jax.devices()), "results": results}))
+
+
+def test_make_update_on_two_devices_with_native_convs_equals_one_device():
+  import json  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             PYTHONPATH=os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")])))
+  result = subprocess.run([sys.executable, __file__, "--two-devices"], capture_output=True,
+                          text=True, env=env, timeout=900, check=False, cwd=str(_REPO))
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][-1])
+  assert report["devices"] == 2
+  reference, *others = report["results"]
+  for other in others:
+    np.testing.assert_allclose(other["losses"], reference["losses"], rtol=1e-5)
+    for a, b in zip(other["params"], reference["params"]):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+if __name__ == "__main__" and "--two-devices" in sys.argv:
+  sys.path.insert(0, str(_REPO))
+  _two_device_report()

@@ -75,21 +75,45 @@ _conv_p = Primitive("jmeta_conv2d_same")
 _weight_grad_p = Primitive("jmeta_conv2d_same_weight_grad")
 
 
+def _varying_axes(value) -> frozenset:
+  """The `shard_map` mesh axes along which `value` varies (empty outside `shard_map`)."""
+  manual = getattr(jax.typeof(value), "manual_axis_type", None)
+  return frozenset(getattr(manual, "varying", ()) or ())
+
+
+def _match_varying(*values):
+  """Marks every operand varying along the union of their `shard_map` axes, as JAX does for its
+  own primitives, so that the cotangent of a replicated operand is summed over devices."""
+  axes = [_varying_axes(v) for v in values]
+  union = frozenset().union(*axes)
+  return [v if a == union else jax.lax.pcast(v, tuple(union - a), to="varying")
+          for v, a in zip(values, axes)]
+
+
 def _native_conv(x, kernel):
+  x, kernel = _match_varying(x, kernel)
   return _conv_p.bind(x, kernel, size=tuple(kernel.shape[:2]))
 
 
 def _native_weight_grad(x, g, size):
+  x, g = _match_varying(x, g)
   return _weight_grad_p.bind(x, g, size=tuple(size))
 
 
 def _conv_abstract_eval(x, kernel, *, size):
   del size
-  return jax.core.ShapedArray(x.shape[:3] + kernel.shape[3:], x.dtype)
+  # `update` keeps x's sharding and `shard_map` (varying-axes) annotations: the output is batched
+  # like x.
+  return x.update(shape=x.shape[:3] + kernel.shape[3:], weak_type=False)
 
 
 def _weight_grad_abstract_eval(x, g, *, size):
-  return jax.core.ShapedArray(tuple(size) + (x.shape[3], g.shape[3]), x.dtype)
+  shape = tuple(size) + (x.shape[3], g.shape[3])
+  try:  # not batched: drop any sharding of x's batch axis, keep the varying axes
+    return x.update(shape=shape, weak_type=False,
+                    sharding=x.sharding.update(spec=jax.sharding.PartitionSpec()))
+  except (AttributeError, TypeError, ValueError):
+    return x.update(shape=shape, weak_type=False)
 
 
 def _to_front(value, dim, size):
