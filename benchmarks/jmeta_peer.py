@@ -2,10 +2,22 @@
 
 `Runner(variant)` runs the harness's fixed MAML/BMG workload (`workload.py`: Conv4, 5-way 1-shot,
 15 queries, 5 inner SGD steps at 0.4, meta-batch 16, Adam 1e-3) with jmeta's own pieces:
-`inner.head` + `classifiers.linear_head` + `meta.bootstrap` + `train.make_update`.
-Variants: "so" (second order), "fo" (first order), "bmgL" (L bootstrap steps, the last on the
-query loss, KL matching, λ = 0).
+`inner.head` + `classifiers.linear_head` + `meta.bootstrap`, stepped by `train.make_update`. Variants: "so" (second order), "fo" (first order), "bmgL"
+(L bootstrap steps, the last on the query loss, KL matching, λ = 0).
+
+The default configuration is the fastest measured on the harness machine (2 cores; see
+docs/PERFORMANCE.md):
+  * conv_impl="native" (canonical XLA convolutions, jmeta/models/layers.py);
+  * one JAX CPU device per core (`jax_num_cpu_devices`), the 16 tasks split over them
+    (`train.make_update(mesh=...)`: `shard_map`), each device looping over its tasks one at a
+    time and taking each task's meta-gradient inside the loop (`task_chunk_size=1`);
+  * glibc malloc told to keep freed memory (`tune_malloc`): XLA:CPU allocates its temporaries
+    per call, and returning them to the OS made every step pay page faults again.
+`Runner(variant, devices=1, conv_impl="matmul", task_chunk_size=None, tune_allocator=False)` is
+the library's first path (im2col convolutions, all tasks vmapped at once, one device).
 """
+import ctypes
+import ctypes.util
 import os
 import sys
 
@@ -16,6 +28,42 @@ if _REPO not in sys.path:
 import numpy as np  # noqa: E402
 
 import workload as W  # noqa: E402  (the harness puts peers/ on sys.path)
+
+_MALLOC_TUNED = []
+
+
+def tune_malloc() -> bool:
+  """Makes glibc malloc keep freed memory instead of returning it to the OS (and faulting it in
+  again, zero-filled, on the next step): one arena, no mmap'd chunks, no trimming.
+
+  XLA:CPU allocates an executable's temporaries on every call; the peer step's are GBs, so
+  without this each step spends ~30% of its CPU time in page faults (measured, see
+  docs/PERFORMANCE.md). Process-wide, idempotent; call it before JAX allocates anything. Same
+  effect as starting Python with MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0
+  MALLOC_TRIM_THRESHOLD_=18446744073709551615.
+  """
+  if _MALLOC_TUNED:
+    return _MALLOC_TUNED[0]
+  try:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    m_trim_threshold, m_top_pad, m_mmap_max, m_arena_max = -1, -2, -4, -8
+    ok = all([libc.mallopt(m_arena_max, 1), libc.mallopt(m_mmap_max, 0),
+              libc.mallopt(m_trim_threshold, -1), libc.mallopt(m_top_pad, 256 << 20)])
+  except (OSError, AttributeError):
+    ok = False
+  _MALLOC_TUNED.append(ok)
+  return ok
+
+
+def set_cpu_devices(num: int) -> int:
+  """Asks JAX for `num` CPU devices (only possible before its backend starts); returns how many
+  CPU devices there are."""
+  import jax
+  try:
+    jax.config.update("jax_num_cpu_devices", num)
+  except RuntimeError:  # the backend already started: keep what there is
+    pass
+  return len(jax.devices("cpu"))
 
 
 def params_from_workload(canonical: dict) -> dict:
@@ -60,31 +108,55 @@ def build_objective(variant: str, apply_fn, *, remat: bool = False):
 
 
 class Runner:
-  """One jitted jmeta outer step on the harness workload."""
+  """One jitted jmeta outer step on the harness workload.
 
-  def __init__(self, variant: str, *, task_chunk_size=None, conv_impl: str = "matmul",
-               remat: bool = False):
+  Args:
+    variant: "so", "fo" or "bmg1".."bmg5".
+    conv_impl: see jmeta/models/layers.py.
+    task_chunk_size: tasks per device vmapped at once (None: all of them).
+    devices: CPU devices to split the tasks over ("auto": one per core, at most 16 and dividing
+      16; only takes effect before JAX's backend starts, else the devices there are).
+    remat: `jax.checkpoint` every inner step.
+    tune_allocator: `tune_malloc()` first.
+  """
+
+  def __init__(self, variant: str, *, conv_impl: str = "native", task_chunk_size=1,
+               devices="auto", remat: bool = False, tune_allocator: bool = True):
+    if tune_allocator:
+      tune_malloc()
+    if devices == "auto":
+      cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+      devices = max(d for d in range(1, min(cores or 1, W.META_BATCH) + 1) if W.META_BATCH % d == 0)
+    available = set_cpu_devices(devices) if devices > 1 else None
     import jax
     import optax
-    from jmeta import models, train, types
+    from jmeta import models, parallel, train, types
     self._jax = jax
+    devices = min(devices, available) if available else 1
+    self.devices = devices
+    self.mesh = parallel.make_mesh(devices) if devices > 1 else None
     model = models.conv4.make(image_size=W.IMG_H, channels=W.IMG_C, width=W.HIDDEN,
                               num_blocks=W.N_BLOCKS, norm="batch", conv_impl=conv_impl)
     adapter, self.objective = build_objective(variant, model.apply, remat=remat)
     optimizer = optax.adam(W.OUTER_LR, b1=W.ADAM_B1, b2=W.ADAM_B2, eps=W.ADAM_EPS)
-    self.state = train.init_state(adapter.init_meta(params_from_workload(W.init_params())),
-                                  optimizer)
-    self.batches = [
-        types.Task(support=jax.device_put(W.to_nhwc(b["xs"])),
-                   support_labels=jax.device_put(b["ys"].astype(np.int32)),
-                   query=jax.device_put(W.to_nhwc(b["xq"])),
-                   query_labels=jax.device_put(b["yq"].astype(np.int32)))
-        for b in W.make_batches()]
+    state = train.init_state(adapter.init_meta(params_from_workload(W.init_params())), optimizer)
+    batches = [types.Task(support=W.to_nhwc(b["xs"]), support_labels=b["ys"].astype(np.int32),
+                          query=W.to_nhwc(b["xq"]), query_labels=b["yq"].astype(np.int32))
+               for b in W.make_batches()]
+    if self.mesh is not None:
+      self.state = parallel.replicate(state, self.mesh)
+      self.batches = [parallel.place(b, parallel.task_sharding(self.mesh)) for b in batches]
+    else:
+      self.state = jax.device_put(state)
+      self.batches = [jax.device_put(b) for b in batches]
     self._update = train.make_update(self.objective, optimizer,
                                      sample_tasks=lambda key, data: data,
-                                     num_tasks=W.META_BATCH, task_chunk_size=task_chunk_size)
+                                     num_tasks=W.META_BATCH, task_chunk_size=task_chunk_size,
+                                     mesh=self.mesh)
     self._key = jax.random.key(0)
-    self._mapped = train.map_tasks(self.objective, task_chunk_size=task_chunk_size)
+    # `check` uses the very meta-gradient the timed step uses.
+    self._meta_gradient = jax.jit(train.meta_gradient(
+        self.objective, num_tasks=W.META_BATCH, task_chunk_size=task_chunk_size, mesh=self.mesh))
 
   def step(self, i: int) -> float:
     self.state, metrics = self._update(self.state, self._key, self.batches[i % len(self.batches)])
@@ -95,21 +167,30 @@ class Runner:
     return self._update.lower(self.state, self._key, self.batches[0])
 
   def loss_and_grad(self, i: int):
-    jax = self._jax
-    batch = self.batches[i % len(self.batches)]
-    keys = jax.random.split(self._key, W.META_BATCH)
-
-    def mean_loss(meta_params):
-      return self._mapped(meta_params, keys, batch)[0].mean()
-
-    loss, grads = jax.jit(jax.value_and_grad(mean_loss))(self.state.meta_params)
-    return float(loss), params_to_workload(jax.device_get(grads["params"]))
+    """Meta-loss and meta-gradient at the current parameters, for the harness's `check`."""
+    (loss, _), grads = self._meta_gradient(self.state.meta_params,
+                                           self._jax.random.split(self._key, W.META_BATCH),
+                                           self.batches[i % len(self.batches)])
+    return float(loss), params_to_workload(self._jax.device_get(grads["params"]))
 
 
 def _versions():
   import jax
   import jmeta
-  return {"jmeta": jmeta.__version__, "jax": jax.__version__}
+  return {"jmeta": jmeta.__version__, "jax": jax.__version__,
+          "cpu_devices": len(jax.devices("cpu")), "malloc_tuned": bool(_MALLOC_TUNED
+                                                                       and _MALLOC_TUNED[0])}
 
 
-IMPLS = {"jmeta": {"framework": "jax", "build": Runner, "versions": _versions}}
+def _variant_runner(**options):
+  return lambda variant: Runner(variant, **options)
+
+
+IMPLS = {
+    "jmeta": {"framework": "jax", "build": Runner, "versions": _versions},
+    # the library's plain path as first committed (im2col convs, one device, grad of lax.map)
+    "jmeta_plain": {"framework": "jax",
+                    "build": _variant_runner(conv_impl="matmul", task_chunk_size=None, devices=1,
+                                             tune_allocator=False),
+                    "versions": _versions},
+}

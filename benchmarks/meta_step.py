@@ -1,0 +1,311 @@
+r"""Meta-step throughput, fraction of peak, memory, compile cost and scaling: JSON lines.
+
+Sections (`--sections`, comma list; default all):
+  peak     N=4096 float32 `jnp.matmul` GFLOP/s (median of >=5 reps, >=3 s): the machine's limit
+           used for `fraction_of_peak` below.
+  peer     the peer harness workload (benchmarks/peer_workload.py) for so, fo, bmg1, bmg5 with
+           the default runner and with the library's plain path: ms/step, tasks/s, XLA GFLOP per
+           step (loops unrolled), achieved GFLOP/s, fraction of peak, compile time and count.
+  bmssl    meta.bmssl on unsupervised tasks sampled and augmented inside the jitted step
+           (train.make_update): Conv4 on 28x28, N in --bmssl_ways views-as-classes, S=2, Q=3,
+           L=5, delta in {0, 1, 5}, T=16; per conv impl / chunking; plus the share of the step spent
+           sampling + augmenting (the sampler jitted alone).
+  memory   peak memory of one so meta-gradient vs inner steps L in {1, 5, 10, 20}, with and
+           without remat: XLA's compiled memory_analysis (temp + arguments + outputs) and the
+           ru_maxrss of a subprocess that runs it once.
+  scaling  ms/step and tasks/s vs the meta-batch T in {4, 8, 16, 32} (peer workload, so).
+
+  python benchmarks/meta_step.py --peers_dir ../shared/peers > /tmp/meta_step.jsonl
+  python benchmarks/meta_step.py --sections bmssl --steps 3
+
+Every record carries `loadavg` (os.getloadavg() right after it was measured): this machine is
+shared, so compare records taken at similar load.
+"""
+import argparse
+import functools
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_REPO = os.path.dirname(_HERE)
+if _REPO not in sys.path:
+  sys.path.insert(0, _REPO)
+
+
+def _emit(record):
+  record["loadavg"] = [round(x, 2) for x in os.getloadavg()]
+  print(json.dumps(record), flush=True)
+
+
+def _time_steps(step, num_steps, warmup=1):
+  """(first-call seconds, median, min of `num_steps` timed calls); `step(i)` must block."""
+  t = time.perf_counter()
+  step(0)
+  first = time.perf_counter() - t
+  for i in range(1, warmup):
+    step(i)
+  times = []
+  for i in range(warmup, warmup + num_steps):
+    t = time.perf_counter()
+    step(i)
+    times.append(time.perf_counter() - t)
+  return first, statistics.median(times), min(times)
+
+
+def _subprocess_json(args, timeout=3600):
+  result = subprocess.run([sys.executable] + args, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+  lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+  if result.returncode or not lines:
+    return [{"error": result.stderr.strip().splitlines()[-3:], "args": args}]
+  return [json.loads(line) for line in lines]
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def section_peak(args):
+  del args
+  import jax
+  import jax.numpy as jnp
+  n = 4096
+  a = jax.random.uniform(jax.random.key(0), (n, n), jnp.float32)
+  b = jax.random.uniform(jax.random.key(1), (n, n), jnp.float32)
+  matmul = jax.jit(jnp.matmul)
+  matmul(a, b).block_until_ready()
+  times, end = [], time.perf_counter() + 3.0
+  while len(times) < 5 or time.perf_counter() < end:
+    t = time.perf_counter()
+    matmul(a, b).block_until_ready()
+    times.append(time.perf_counter() - t)
+  gflops = 2 * n ** 3 / statistics.median(times) / 1e9
+  _emit({"section": "peak", "lib": "jax", "n": n, "gflops_median": round(gflops, 1),
+         "gflops_best": round(2 * n ** 3 / min(times) / 1e9, 1), "reps": len(times)})
+  return gflops
+
+
+def section_peer(args, peak):
+  for config in ("default", "plain"):
+    for variant in ("so", "fo", "bmg1", "bmg5"):
+      for record in _subprocess_json([os.path.join(_HERE, "peer_workload.py"), "--peers_dir",
+                                      args.peers_dir, "--config", config, "--variants", variant,
+                                      "--steps", str(args.steps)]):
+        record["section"] = "peer"
+        if peak and "achieved_gflops" in record:
+          record["peak_gflops"] = round(peak, 1)
+          record["fraction_of_peak"] = round(record["achieved_gflops"] / peak, 3)
+        record.pop("step_s", None)
+        _emit(record)
+
+
+# ------------------------------------------------------------------------------------------------
+# BMSSL: unsupervised tasks sampled + augmented inside the step.
+
+
+def _bmssl_setup(num_ways, delta, conv_impl, num_tasks=16, image_pool=2000):
+  import jax
+  import numpy as np
+  import optax
+  from jmeta import augment, meta, models, tasks, train
+  model = models.conv4.make(image_size=28, channels=1, width=64, num_blocks=4, norm="batch",
+                            conv_impl=conv_impl)
+  adapter, objective = meta.bmssl(model.apply, num_ways=num_ways, step_size=0.1,
+                                  num_inner_steps=5, num_bootstrap_steps=delta,
+                                  mix=0.5 if delta else 1.0, extra_metrics=False)
+  augment_fn = augment.chain(  # configs/common.py's Omniglot-style views
+      augment.random_resized_crop(scale=(0.6, 1.0)),
+      augment.random_affine(degrees=15.0, shear=10.0, translate=0.1, scale=(0.9, 1.1)),
+      augment.random_erasing(probability=0.3))
+  sample = functools.partial(tasks.sample_unsupervised_tasks, num_tasks=num_tasks,
+                             num_ways=num_ways, num_support=2, num_queries=3,
+                             augment_fn=augment_fn)
+  images = jax.device_put(np.random.default_rng(0).integers(0, 256, (image_pool, 28, 28, 1),
+                                                             dtype=np.uint8))
+  optimizer = optax.adam(1e-3)
+  state = train.init_state(adapter.init_meta({"encoder": model.init(jax.random.key(0))}),
+                           optimizer)
+  return objective, optimizer, sample, images, state
+
+
+def section_bmssl(args):
+  import jax
+  from jmeta import train
+  configs = [("native", 1), ("matmul", None)]
+  for num_ways in args.bmssl_ways:
+    for delta in (0, 1, 5):
+      for conv_impl, chunk in configs:
+        objective, optimizer, sample, images, state = _bmssl_setup(num_ways, delta, conv_impl)
+        update = train.make_update(objective, optimizer, sample_tasks=sample, num_tasks=16,
+                                   task_chunk_size=chunk)
+        holder = {"state": state}
+
+        def step(i, update=update, holder=holder, images=images):
+          holder["state"], metrics = update(holder["state"], jax.random.key(1), images)
+          jax.block_until_ready(holder["state"])
+          return metrics
+
+        first, median, fastest = _time_steps(step, args.steps)
+        sampler = jax.jit(sample)
+        sampler(jax.random.key(0), images).support.block_until_ready()
+        times = []
+        for i in range(max(args.steps, 3)):
+          t = time.perf_counter()
+          sampler(jax.random.key(i), images).support.block_until_ready()
+          times.append(time.perf_counter() - t)
+        sampling = statistics.median(times)
+        _emit({"section": "bmssl", "num_ways": num_ways, "num_support": 2, "num_queries": 3,
+               "delta": delta, "inner_steps": 5, "num_tasks": 16, "conv_impl": conv_impl,
+               "task_chunk_size": chunk, "ms_per_step": round(median * 1e3, 1),
+               "ms_min": round(fastest * 1e3, 1), "tasks_per_s": round(16 / median, 2),
+               "compile_s": round(first - median, 1),
+               "sampling_ms": round(sampling * 1e3, 1),
+               "sampling_share": round(sampling / median, 3)})
+
+
+# ------------------------------------------------------------------------------------------------
+# Memory vs inner steps.
+
+
+def _memory_worker(args):
+  """One so meta-gradient of the peer workload with L inner steps: compiled memory analysis and
+  the process's peak RSS after running it once."""
+  import jax
+  import jax.numpy as jnp
+  sys.path.insert(0, os.path.abspath(args.peers_dir))
+  sys.path.insert(0, _HERE)
+  import jmeta_peer  # pylint: disable=g-import-not-at-top
+  import workload as W  # pylint: disable=g-import-not-at-top
+  from jmeta import classifiers, inner, meta, models, types
+  jmeta_peer.tune_malloc()
+  num_steps, remat, path = int(args.memory_worker[0]), args.memory_worker[1] == "1", args.memory_worker[2]
+  conv_impl = "native" if path != "plain" else "matmul"
+  model = models.conv4.make(image_size=28, channels=1, width=64, num_blocks=4, conv_impl=conv_impl)
+  adapter = inner.head(model.apply, step_size=W.INNER_LR)
+  objective = meta.maml(adapter, classifiers.linear_head(model.apply), num_inner_steps=num_steps,
+                        remat=remat, extra_metrics=False)
+  meta_params = adapter.init_meta(jmeta_peer.params_from_workload(W.init_params()))
+  b = W.make_batches(1)[0]
+  tasks = types.Task(support=jnp.asarray(W.to_nhwc(b["xs"])), support_labels=jnp.asarray(b["ys"], jnp.int32),
+                     query=jnp.asarray(W.to_nhwc(b["xq"])), query_labels=jnp.asarray(b["yq"], jnp.int32))
+  keys = jax.random.split(jax.random.key(0), W.META_BATCH)
+  from jmeta import train  # pylint: disable=g-import-not-at-top
+  # plain: all tasks vmapped and differentiated at once; default: one task per chunk, each
+  # task's meta-gradient taken inside the loop (one device)
+  gradient_fn = train.meta_gradient(objective, num_tasks=W.META_BATCH,
+                                    task_chunk_size=None if path == "plain" else 1)
+  fn = jax.jit(lambda p: gradient_fn(p, keys, tasks))
+  t = time.perf_counter()
+  compiled = fn.lower(meta_params).compile()
+  compile_s = time.perf_counter() - t
+  analysis = compiled.memory_analysis()
+  jax.block_until_ready(compiled(meta_params))
+  return {"section": "memory", "path": path, "inner_steps": num_steps, "remat": remat,
+          "temp_mb": round(analysis.temp_size_in_bytes / 2**20, 1),
+          "xla_total_mb": round((analysis.temp_size_in_bytes + analysis.argument_size_in_bytes
+                                 + analysis.output_size_in_bytes) / 2**20, 1),
+          "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+          "compile_s": round(compile_s, 1)}
+
+
+def section_memory(args):
+  for path in ("default", "plain"):
+    for remat in (0, 1):
+      for num_steps in (1, 5, 10, 20):
+        for record in _subprocess_json([os.path.abspath(__file__), "--peers_dir", args.peers_dir,
+                                        "--memory_worker", str(num_steps), str(remat), path]):
+          _emit(record)
+
+
+# ------------------------------------------------------------------------------------------------
+# Scaling with the meta-batch.
+
+
+def _scaling_worker(args):
+  import jax
+  import numpy as np
+  import optax
+  sys.path.insert(0, os.path.abspath(args.peers_dir))
+  sys.path.insert(0, _HERE)
+  import jmeta_peer  # pylint: disable=g-import-not-at-top
+  import workload as W  # pylint: disable=g-import-not-at-top
+  from jmeta import models, parallel, train, types
+  num_tasks = int(args.scaling_worker)
+  jmeta_peer.tune_malloc()
+  devices = jmeta_peer.set_cpu_devices(2)
+  devices = 2 if devices >= 2 and num_tasks % 2 == 0 else 1
+  mesh = parallel.make_mesh(devices) if devices > 1 else None
+  model = models.conv4.make(image_size=28, channels=1, width=64, num_blocks=4, conv_impl="native")
+  adapter, objective = jmeta_peer.build_objective("so", model.apply)
+  optimizer = optax.adam(W.OUTER_LR)
+  state = train.init_state(adapter.init_meta(jmeta_peer.params_from_workload(W.init_params())),
+                           optimizer)
+  b = W.make_batches(1)[0]
+  reps = -(-num_tasks // W.META_BATCH)
+  take = lambda x: np.concatenate([x] * reps)[:num_tasks]
+  tasks = types.Task(support=take(W.to_nhwc(b["xs"])), support_labels=take(b["ys"]).astype(np.int32),
+                     query=take(W.to_nhwc(b["xq"])), query_labels=take(b["yq"]).astype(np.int32))
+  if mesh is not None:
+    state, tasks = parallel.replicate(state, mesh), parallel.place(tasks, parallel.task_sharding(mesh))
+  update = train.make_update(objective, optimizer, sample_tasks=lambda key, data: data,
+                             num_tasks=num_tasks, task_chunk_size=1, mesh=mesh)
+  holder = {"state": state}
+
+  def step(i):
+    holder["state"], _ = update(holder["state"], jax.random.key(0), tasks)
+    jax.block_until_ready(holder["state"])
+
+  first, median, fastest = _time_steps(step, args.steps)
+  return {"section": "scaling", "variant": "so", "num_tasks": num_tasks, "devices": devices,
+          "ms_per_step": round(median * 1e3, 1), "ms_min": round(fastest * 1e3, 1),
+          "tasks_per_s": round(num_tasks / median, 2), "compile_s": round(first - median, 1),
+          "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def section_scaling(args):
+  for num_tasks in (4, 8, 16, 32):
+    for record in _subprocess_json([os.path.abspath(__file__), "--peers_dir", args.peers_dir,
+                                    "--steps", str(args.steps), "--scaling_worker",
+                                    str(num_tasks)]):
+      _emit(record)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--peers_dir", default=os.path.join(_REPO, "..", "shared", "peers"))
+  parser.add_argument("--sections", default="peak,peer,bmssl,memory,scaling")
+  parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--bmssl_ways", type=lambda v: [int(n) for n in v.split(",")], default=[5],
+                      help="N values of the bmssl section (comma list)")
+  parser.add_argument("--memory_worker", nargs=3, help=argparse.SUPPRESS)
+  parser.add_argument("--scaling_worker", help=argparse.SUPPRESS)
+  args = parser.parse_args(argv)
+  if args.memory_worker:
+    print(json.dumps(_memory_worker(args)), flush=True)
+    return
+  if args.scaling_worker:
+    print(json.dumps(_scaling_worker(args)), flush=True)
+    return
+  sections = args.sections.split(",")
+  needs_peers = {"peer", "memory", "scaling"} & set(sections)
+  if needs_peers and not os.path.isfile(os.path.join(args.peers_dir, "workload.py")):
+    parser.error(f"{args.peers_dir}/workload.py not found; pass --peers_dir")
+  peak = None
+  if "peak" in sections:  # in a subprocess-free way: this process only measures a matmul
+    peak = section_peak(args)
+  if "peer" in sections:
+    section_peer(args, peak)
+  if "bmssl" in sections:
+    section_bmssl(args)
+  if "memory" in sections:
+    section_memory(args)
+  if "scaling" in sections:
+    section_scaling(args)
+
+
+if __name__ == "__main__":
+  main()
