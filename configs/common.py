@@ -121,6 +121,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.num_episodes = 200
   config.eval.batch_size = 50
   config.eval.seed = 0
+  config.eval.at_start = True      # also evaluate the untrained initialisation (a step-0 line)
 
   # Logging and checkpoints
   config.log_every_steps = 50
@@ -155,6 +156,7 @@ def shrink_for_smoke(config: ml_collections.ConfigDict) -> ml_collections.Config
   config.eval.num_episodes = 4
   config.eval.num_queries = 5
   config.eval.batch_size = 2
+  config.eval.at_start = False
   config.log_every_steps = 1
   config.checkpoint_every_steps = 3
   return config

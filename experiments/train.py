@@ -136,6 +136,9 @@ def run(config, workdir: str) -> dict:
     # --------------------------------------------------------------------------------------------
     # Loop.
     metrics = {}
+    if start_step == 0 and config.eval.at_start:
+      # The untrained initialisation under the same protocol: the baseline every curve starts at.
+      log.write(0, dict(evaluate_now(state.meta_params), wall_s=0.0))
     wall_start = time.time()
     bar = tqdm.tqdm(total=config.num_steps, initial=start_step, disable=not is_main,
                     desc="train", unit="step", dynamic_ncols=True)
