@@ -34,13 +34,16 @@ def define_flags():
   flags.DEFINE_enum("conv_impl", "xla", ["xla", "matmul", "native"],
                     "Convolution lowering for evaluation (same values; with one set of weights "
                     "shared by every episode XLA's own convolution is the fastest on CPU).")
+  flags.DEFINE_bool("untrained", False, "Evaluate the run's initialisation (its config and "
+                    "seed) instead of its checkpoint: the untrained baseline.")
 
 
-def load_workdir(workdir: str, *, conv_impl: str | None = None):
+def load_workdir(workdir: str, *, conv_impl: str | None = None, untrained: bool = False):
   """(config, model, adapter, meta_params, step) of the newest restorable checkpoint in `workdir`.
 
   `conv_impl` overrides the trained model's convolution lowering (every lowering computes the
-  same function of the same parameters).
+  same function of the same parameters). `untrained` returns the run's initialisation (its
+  config and seed, step 0) instead of a checkpoint: the baseline under the same protocol.
   """
   import jax
   import ml_collections
@@ -56,7 +59,10 @@ def load_workdir(workdir: str, *, conv_impl: str | None = None):
                                 channels=channels)
   adapter, _ = factories.build_objective(config, model)
   optimizer = factories.build_optimizer(config.optimizer, num_steps=config.num_steps)
-  template = factories.initial_state(config, model, adapter, optimizer, jax.random.key(0))
+  key_init, _ = jax.random.split(jax.random.key(config.seed))  # as experiments.train.run
+  template = factories.initial_state(config, model, adapter, optimizer, key_init)
+  if untrained:
+    return config, model, adapter, template.meta_params, 0
   checkpoints = checkpoints_lib.Checkpoints(os.path.join(workdir, "checkpoints"),
                                             keep=config.keep_checkpoints)
   state = checkpoints.restore_latest(template)
@@ -118,10 +124,12 @@ def adapted_classifier(config, model, meta_params, *, num_ways: int):
 def evaluate_workdir(workdir: str, *, dataset: str = "omniglot:vinyals_test",
                      rotations: bool = True, ways=(5, 20), shots=(1, 5), num_queries: int = 15,
                      num_episodes: int = 2000, seed: int = 0, adapted: str = "no",
-                     progress: bool = True, conv_impl: str | None = "xla") -> list:
+                     progress: bool = True, conv_impl: str | None = "xla",
+                     untrained: bool = False) -> list:
   """Every (mode, N, K) protocol on `dataset`; returns rows of dicts."""
   from jmeta import evaluate
-  config, model, adapter, meta_params, step = load_workdir(workdir, conv_impl=conv_impl)
+  config, model, adapter, meta_params, step = load_workdir(workdir, conv_impl=conv_impl,
+                                                           untrained=untrained)
   eval_set = load_eval_dataset(dataset, image_size=config.data.image_size, rotations=rotations)
   modes = {"no": [False], "yes": [True], "both": [False, True]}[adapted]
   if adapter is None and True in modes:
@@ -163,7 +171,8 @@ def main(argv):
   rows = evaluate_workdir(FLAGS.workdir, dataset=FLAGS.dataset, rotations=FLAGS.rotations,
                           ways=[int(w) for w in FLAGS.ways], shots=[int(k) for k in FLAGS.shots],
                           num_queries=FLAGS.queries, num_episodes=FLAGS.episodes,
-                          seed=FLAGS.seed, adapted=FLAGS.adapted, conv_impl=FLAGS.conv_impl)
+                          seed=FLAGS.seed, adapted=FLAGS.adapted, conv_impl=FLAGS.conv_impl,
+                          untrained=FLAGS.untrained)
   table = markdown_table(rows)
   print(table)
   name = FLAGS.name or FLAGS.dataset.replace(":", "_")

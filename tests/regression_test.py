@@ -9,6 +9,7 @@ import os
 import pytest
 
 from configs import bmssl_omniglot
+from experiments import evaluate as evaluate_lib
 from experiments import metrics_log
 from experiments import train as train_lib
 
@@ -50,3 +51,9 @@ def test_short_bmssl_run_beats_chance_and_the_untrained_network(env, tmp_path):
         f"trained {trained['eval_accuracy']:.4f} ± {trained['eval_ci95']:.4f}")
   assert trained["eval_accuracy"] > chance + 0.3
   assert trained["eval_accuracy"] > untrained["eval_accuracy"] + margin
+  # `experiments.evaluate --untrained` rebuilds that same initialisation from the workdir.
+  rows = evaluate_lib.evaluate_workdir(str(tmp_path), dataset="omniglot:vinyals_val", ways=(5,),
+                                       shots=(1,), num_episodes=config.eval.num_episodes,
+                                       progress=False, untrained=True)
+  assert rows[0]["step"] == 0
+  assert abs(rows[0]["accuracy"] - untrained["eval_accuracy"]) < 2e-3  # conv lowering rounding
