@@ -1,0 +1,67 @@
+r"""Markdown rows for docs/RESULTS.md from evaluated training workdirs.
+
+  python scripts/results_table.py --row "BMSSL=/work/runs/bmssl" --row "untrained=/work/runs/bmssl@0"
+
+Each workdir needs `metrics.jsonl` (steps and training wall-clock from its final line) and the
+`eval_*.json` files written by `experiments.evaluate`; `WORKDIR@0` selects the rows evaluated
+with `--untrained` (step 0) instead of the final checkpoint's. A protocol that was not evaluated
+prints as "–". Accuracies are mean ± 95% CI in percent, with the episode count when it is not 2,000.
+"""
+import argparse
+import glob
+import json
+import os
+
+PROTOCOLS = [("omniglot", 5, 1), ("omniglot", 5, 5), ("omniglot", 20, 1), ("omniglot", 20, 5),
+             ("mnist", 5, 1), ("mnist", 5, 5)]
+
+
+def evaluations(workdir: str, step: int) -> dict:
+  """{(dataset family, N, K): row} over every eval_*.json of `workdir` (non-adapted rows of
+  the checkpoint at `step`)."""
+  found = {}
+  for path in sorted(glob.glob(os.path.join(workdir, "eval_*.json"))):
+    with open(path) as file:
+      for row in json.load(file):
+        if row["adapted"] or row["step"] != step:
+          continue
+        family = row["dataset"].partition(":")[0]
+        found[(family, row["num_ways"], row["num_shots"])] = row
+  return found
+
+
+def final_metrics(workdir: str) -> dict:
+  with open(os.path.join(workdir, "metrics.jsonl")) as file:
+    lines = [json.loads(line) for line in file if line.strip()]
+  return lines[-1]
+
+
+def cell(row) -> str:
+  if row is None:
+    return "–"
+  text = f"{100 * row['accuracy']:.1f} ± {100 * row['ci95']:.1f}"
+  return text if row["num_episodes"] == 2000 else f"{text} ({row['num_episodes']})"
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--row", action="append", required=True, help="NAME=WORKDIR")
+  args = parser.parse_args()
+  header = ["method", "steps", "train wall-clock"] + [
+      f"{'Omniglot' if d == 'omniglot' else 'MNIST'} {n}w{k}s" for d, n, k in PROTOCOLS]
+  print("| " + " | ".join(header) + " |")
+  print("|" + "---|" * len(header))
+  for spec in args.row:
+    name, _, workdir = spec.partition("=")
+    workdir, untrained, _ = workdir.partition("@0")
+    final = final_metrics(workdir)
+    step = 0 if untrained else final["step"]
+    found = evaluations(workdir, step)
+    minutes = 0.0 if untrained else final.get("wall_s", 0.0) / 60
+    cells = [name, str(step), f"{minutes:.0f} min"] + [
+        cell(found.get(protocol)) for protocol in PROTOCOLS]
+    print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+  main()
