@@ -1,4 +1,5 @@
-"""Non-finite values are caught, reported with their step, and never applied."""
+"""Non-finite values are caught, reported with their step, and never applied; a run is a
+function of its seed: the same seed repeats it bitwise, another seed gives other parameters."""
 import os
 
 import pytest
@@ -6,6 +7,7 @@ import pytest
 from experiments import metrics_log
 from experiments import train as train_lib
 from configs import bmssl_omniglot
+from configs import common
 
 
 def diverging_config(nonfinite, max_skipped=100):
@@ -36,3 +38,28 @@ def test_nonfinite_skip_counts_and_stops_at_the_limit_without_changing_parameter
   records = metrics_log.read(str(tmp_path / "metrics.jsonl"))
   assert [r["skipped"] for r in records] == [1.0, 1.0]  # steps 1-2 logged; step 3 raised
   assert all(r["finite"] == 0.0 for r in records)
+
+
+def tiny_config(seed):
+  # One conv block on unaugmented images: a seconds-scale compile; two steps, so the final
+  # parameters depend on the sampled tasks as well as the initialisation.
+  config = common.disable_augmentation(bmssl_omniglot.get_config("smoke"))
+  config.model.num_blocks = 1
+  config.num_steps = 2
+  config.eval.every_steps = 1000
+  config.seed = seed
+  return config
+
+
+@pytest.mark.usefixtures("fast_compilation")
+def test_different_seeds_differ_and_the_same_seed_repeats_bitwise(tmp_path):
+  fingerprints, records = {}, {}
+  for name, seed in (("first", 0), ("other_seed", 1), ("same_seed", 0)):
+    workdir = tmp_path / name
+    fingerprints[name] = train_lib.run(tiny_config(seed), str(workdir))["fingerprint"]
+    records[name] = [{k: v for k, v in record.items() if k != "wall_s"}
+                     for record in metrics_log.read(str(workdir / "metrics.jsonl"))]
+  assert fingerprints["same_seed"] == fingerprints["first"]
+  assert records["same_seed"] == records["first"]  # every logged loss and accuracy too
+  assert fingerprints["other_seed"] != fingerprints["first"]
+  assert records["other_seed"][0]["meta_loss"] != records["first"][0]["meta_loss"]
