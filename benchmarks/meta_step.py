@@ -213,7 +213,7 @@ def _memory_worker(args):
 
 
 def section_memory(args):
-  for path in ("default", "plain"):
+  for path in args.memory_paths:
     for remat in (0, 1):
       for num_steps in (1, 5, 10, 20):
         for record in _subprocess_json([os.path.abspath(__file__), "--peers_dir", args.peers_dir,
@@ -279,6 +279,8 @@ def main(argv=None):
   parser.add_argument("--peers_dir", default=os.path.join(_REPO, "..", "shared", "peers"))
   parser.add_argument("--sections", default="peak,peer,bmssl,memory,scaling")
   parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--memory_paths", type=lambda v: v.split(","), default=["default", "plain"],
+                      help="memory section: default (one task per chunk) and/or plain (vmap)")
   parser.add_argument("--bmssl_ways", type=lambda v: [int(n) for n in v.split(",")], default=[5],
                       help="N values of the bmssl section (comma list)")
   parser.add_argument("--memory_worker", nargs=3, help=argparse.SUPPRESS)
