@@ -16,6 +16,10 @@ from configs import common
 def get_config(arg=None):
   arg = common.parse_arg(arg, smoke=False)
   config = common.base_config()
+  common.cpu_schedule(config, num_steps=600, every_steps=100)
+  common.one_task_per_chunk(config)
+  config.inner.num_steps = 1
+  config.meta.num_bootstrap_steps = 1
   if arg.smoke:
     common.shrink_for_smoke(config)
   return config

@@ -130,6 +130,26 @@ def base_config() -> ml_collections.ConfigDict:
   return config
 
 
+def cpu_schedule(config: ml_collections.ConfigDict, *, num_steps: int,
+                 every_steps: int) -> ml_collections.ConfigDict:
+  """The schedule of the runs in docs/RESULTS.md: `num_steps` outer steps (tens of minutes on
+  a 2-core CPU), 50 warm-up steps, evaluation and a checkpoint every `every_steps`."""
+  config.num_steps = num_steps
+  config.optimizer.warmup_steps = 50
+  config.eval.every_steps = every_steps
+  config.checkpoint_every_steps = every_steps
+  config.log_every_steps = 25
+  return config
+
+
+def one_task_per_chunk(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The fastest CPU path for per-task inner loops (docs/PERFORMANCE.md): each task's
+  meta-gradient inside the task loop, with XLA's own convolutions."""
+  config.model.conv_impl = "native"
+  config.task_chunk_size = 1
+  return config
+
+
 def disable_augmentation(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Supervised episodes use the images as they are."""
   config.augment.crop_scale = (1.0, 1.0)

@@ -33,6 +33,8 @@ def get_config(arg=None):
   config.meta.classifier = "head"
   config.meta.num_bootstrap_steps = 0
   config.meta.mix = 1.0
+  common.cpu_schedule(config, num_steps=300, every_steps=100)
+  common.one_task_per_chunk(config)
   if arg.smoke:
     common.shrink_for_smoke(config)
     config.tasks.num_queries = 5

@@ -29,6 +29,7 @@ def get_config(arg=None):
   config.meta.temperature = 1.0
   config.meta.num_bootstrap_steps = 0
   config.meta.mix = 1.0
+  common.cpu_schedule(config, num_steps=1000, every_steps=200)
   if arg.smoke:
     common.shrink_for_smoke(config)
     config.tasks.num_ways = 5
