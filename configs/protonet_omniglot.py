@@ -8,7 +8,10 @@ Command:
 Smoke run:
   python -m experiments.train --config=configs/protonet_omniglot.py:smoke --workdir=/tmp/protonet_smoke
 
-Expected runtime and result on a 2-core CPU: see docs/RESULTS.md (not yet measured).
+Expected on a 2-core CPU (docs/RESULTS.md, seed 0): ≈0.75 s/step alone; the recorded run was
+stopped at step 396 of 1,000 after 21 min on a shared machine, where the test accuracy was
+97.1 ± 0.3 (5w1s), 99.3 ± 0.1 (5w5s, 600 episodes), 90.3 (20w1s), 97.3 (20w5s, 300 episodes)
+against the paper's 98.8 / 99.7 / 96.0 / 98.9.
 """
 from configs import common
 

@@ -7,7 +7,10 @@ Command:
 Smoke run:
   python -m experiments.train --config=configs/simclr_omniglot.py:smoke --workdir=/tmp/simclr_smoke
 
-Expected runtime and result on a 2-core CPU: see docs/RESULTS.md (not yet measured).
+Expected on a 2-core CPU (docs/RESULTS.md, seed 0): 800 steps in 39 min while sharing the machine
+with other runs (≈0.9 s/step alone); validation 5-way 1-shot peaks early (71.9% at step 200) and
+drifts down to 69.6%; test 5w1s 71.3 ± 1.1, 5w5s 82.8 ± 0.7 (600 episodes), 20w1s 47.5, 20w5s
+62.1 (300 episodes); untrained Conv4: 55.3 / 75.5.
 """
 from configs import common
 

@@ -30,6 +30,12 @@ def evaluations(workdir: str, step: int) -> dict:
   return found
 
 
+def all_steps(workdir: str):
+  for path in glob.glob(os.path.join(workdir, "eval_*.json")):
+    with open(path) as file:
+      yield from (row["step"] for row in json.load(file))
+
+
 def final_metrics(workdir: str) -> dict:
   with open(os.path.join(workdir, "metrics.jsonl")) as file:
     lines = [json.loads(line) for line in file if line.strip()]
@@ -55,7 +61,9 @@ def main():
     name, _, workdir = spec.partition("=")
     workdir, untrained, _ = workdir.partition("@0")
     final = final_metrics(workdir)
-    step = 0 if untrained else final["step"]
+    # A run stopped by a signal checkpoints a step after its last metrics line: take the step
+    # the evaluations were made at.
+    step = 0 if untrained else max([final["step"]] + list(all_steps(workdir)))
     found = evaluations(workdir, step)
     minutes = 0.0 if untrained else final.get("wall_s", 0.0) / 60
     cells = [name, str(step), f"{minutes:.0f} min"] + [
