@@ -34,6 +34,9 @@ def define_flags():
   flags.DEFINE_enum("conv_impl", "xla", ["xla", "matmul", "native"],
                     "Convolution lowering for evaluation (same values; with one set of weights "
                     "shared by every episode XLA's own convolution is the fastest on CPU).")
+  flags.DEFINE_integer("max_images_per_batch", 4000,
+                       "Caps the episodes per jitted batch so that N*(K+Q)*episodes stays below "
+                       "this: activation memory (20-way 5-shot at 50 episodes needs ~8 GB).")
   flags.DEFINE_bool("untrained", False, "Evaluate the run's initialisation (its config and "
                     "seed) instead of its checkpoint: the untrained baseline.")
 
@@ -125,8 +128,11 @@ def evaluate_workdir(workdir: str, *, dataset: str = "omniglot:vinyals_test",
                      rotations: bool = True, ways=(5, 20), shots=(1, 5), num_queries: int = 15,
                      num_episodes: int = 2000, seed: int = 0, adapted: str = "no",
                      progress: bool = True, conv_impl: str | None = "xla",
-                     untrained: bool = False) -> list:
-  """Every (mode, N, K) protocol on `dataset`; returns rows of dicts."""
+                     untrained: bool = False, max_images_per_batch: int = 4000) -> list:
+  """Every (mode, N, K) protocol on `dataset`; returns rows of dicts.
+
+  Each protocol runs in batches of at most 50 episodes and `max_images_per_batch` images.
+  """
   from jmeta import evaluate
   config, model, adapter, meta_params, step = load_workdir(workdir, conv_impl=conv_impl,
                                                            untrained=untrained)
@@ -144,9 +150,12 @@ def evaluate_workdir(workdir: str, *, dataset: str = "omniglot:vinyals_test",
           encoder = meta_params["params"]["encoder"]
           classify = evaluate.prototype_classifier(lambda x: model.apply(encoder, x),
                                                    num_ways=num_ways)
+        images_per_episode = num_ways * (num_shots + num_queries)
+        batch_size = max(1, min(50, max_images_per_batch // images_per_episode))
         result = evaluate.few_shot_classifier(
             classify, eval_set, num_ways=num_ways, num_shots=num_shots,
-            num_queries=num_queries, num_episodes=num_episodes, seed=seed, progress=progress)
+            num_queries=num_queries, num_episodes=num_episodes, seed=seed,
+            batch_size=batch_size, progress=progress)
         rows.append({"dataset": dataset, "rotations": rotations, "adapted": use_adaptation,
                      "num_ways": num_ways, "num_shots": num_shots, "num_queries": num_queries,
                      "num_episodes": num_episodes, "seed": seed, "step": step,
@@ -172,7 +181,8 @@ def main(argv):
                           ways=[int(w) for w in FLAGS.ways], shots=[int(k) for k in FLAGS.shots],
                           num_queries=FLAGS.queries, num_episodes=FLAGS.episodes,
                           seed=FLAGS.seed, adapted=FLAGS.adapted, conv_impl=FLAGS.conv_impl,
-                          untrained=FLAGS.untrained)
+                          untrained=FLAGS.untrained,
+                          max_images_per_batch=FLAGS.max_images_per_batch)
   table = markdown_table(rows)
   print(table)
   name = FLAGS.name or FLAGS.dataset.replace(":", "_")
