@@ -11,7 +11,9 @@ First-order:
 Smoke run:
   python -m experiments.train --config=configs/maml_omniglot.py:smoke --workdir=/tmp/maml_smoke
 
-Expected runtime and result on a 2-core CPU: see docs/RESULTS.md (not yet measured).
+Expected on a 2-core CPU (docs/RESULTS.md, seed 0; XLA_FLAGS=--xla_force_host_platform_device_count=2):
+300 steps in 27 min on a shared machine; test 5w1s 86.3 ± 0.7, 5w5s 94.6 ± 0.3 (600 episodes)
+— still rising when stopped; the paper's 98.7 / 99.9 come from a far longer run.
 """
 from configs import common
 

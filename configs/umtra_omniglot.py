@@ -8,7 +8,9 @@ Command:
 Smoke run:
   python -m experiments.train --config=configs/umtra_omniglot.py:smoke --workdir=/tmp/umtra_smoke
 
-Expected runtime and result on a 2-core CPU: see docs/RESULTS.md (not yet measured).
+Expected on a 2-core CPU (docs/RESULTS.md, seed 0; XLA_FLAGS=--xla_force_host_platform_device_count=2):
+500 steps in 32 min on a shared machine; validation 5w1s 71.7%; test 5w1s 71.3 ± 0.9, 5w5s
+84.2 ± 0.6 (600 episodes) — far below the paper's 83.8 / 95.4 (a much longer run).
 """
 from configs import common
 
