@@ -58,7 +58,7 @@ def main():
   print("| " + " | ".join(header) + " |")
   print("|" + "---|" * len(header))
   for spec in args.row:
-    name, _, workdir = spec.partition("=")
+    name, _, workdir = spec.rpartition("=")  # names may contain "="
     workdir, untrained, _ = workdir.partition("@0")
     final = final_metrics(workdir)
     # A run stopped by a signal checkpoints a step after its last metrics line: take the step
