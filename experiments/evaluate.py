@@ -48,7 +48,6 @@ def load_workdir(workdir: str, *, conv_impl: str | None = None, untrained: bool 
   same function of the same parameters). `untrained` returns the run's initialisation (its
   config and seed, step 0) instead of a checkpoint: the baseline under the same protocol.
   """
-  import jax
   import ml_collections
 
   from experiments import checkpoints as checkpoints_lib
@@ -62,7 +61,7 @@ def load_workdir(workdir: str, *, conv_impl: str | None = None, untrained: bool 
                                 channels=channels)
   adapter, _ = factories.build_objective(config, model)
   optimizer = factories.build_optimizer(config.optimizer, num_steps=config.num_steps)
-  key_init, _ = jax.random.split(jax.random.key(config.seed))  # as experiments.train.run
+  key_init, _ = factories.run_keys(config)
   template = factories.initial_state(config, model, adapter, optimizer, key_init)
   if untrained:
     return config, model, adapter, template.meta_params, 0

@@ -127,6 +127,13 @@ def build_objective(config, model):
   return adapter, objective
 
 
+def run_keys(config):
+  """`(key_init, key_loop)` of a run: its initialisation and its training loop, from `config.seed`
+  (`experiments.evaluate --untrained` rebuilds the same initialisation from them)."""
+  key_init, key_loop = jax.random.split(jax.random.key(config.seed))
+  return key_init, key_loop
+
+
 def initial_state(config, model, adapter, optimizer, key):
   """The TrainState at step 0 (also the template that checkpoints restore into)."""
   from jmeta import train

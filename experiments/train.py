@@ -89,7 +89,7 @@ def run(config, workdir: str) -> dict:
     model = factories.build_model(config.model, image_size=config.data.image_size,
                                   channels=train_set.images.shape[-1])
     adapter, objective = factories.build_objective(config, model)
-    key_init, key_loop = jax.random.split(jax.random.key(config.seed))
+    key_init, key_loop = factories.run_keys(config)
     optimizer = factories.build_optimizer(config.optimizer, num_steps=config.num_steps)
     state = factories.initial_state(config, model, adapter, optimizer, key_init)
     update = train.make_update(

@@ -81,7 +81,7 @@ def meta_gradient(objective, *, num_tasks: int, task_chunk_size: Optional[int] =
   * `task_chunk_size=c`: `lax.map` over chunks of `c` vmapped tasks, each chunk's meta-gradient
     taken inside the loop and summed. Differentiating `lax.map` from outside instead would
     stack every chunk's activations for a backward loop; here they are freed chunk by chunk
-    (on the peer workload: 1/15 of the temporaries, -20% time; docs/PERFORMANCE.md). With one
+    (memory vs inner steps: docs/PERFORMANCE.md). With one
     task per chunk the weights are no longer batched, so XLA's own convolutions apply
     (`conv_impl="native"`), which is the fastest CPU path.
   * `mesh`: every device takes its `T / devices` tasks under `shard_map` and the sums meet in
