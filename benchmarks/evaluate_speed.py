@@ -50,11 +50,11 @@ def load_data(name, data_dir):
     return None
 
 
-def make_embed_fn(image_shape, width):
+def make_embed_fn(image_shape, width, conv_impl):
   """Conv4 (jmeta.models.conv4) with random parameters: `images [B, H, W, C] -> [B, D]`."""
   from jmeta.models import conv4  # pylint: disable=import-outside-toplevel
   height, _, channels = image_shape
-  model = conv4.make(image_size=height, channels=channels, width=width)
+  model = conv4.make(image_size=height, channels=channels, width=width, conv_impl=conv_impl)
   params = model.init(jax.random.key(0))
   return lambda images: model.apply(params, images)
 
@@ -72,13 +72,18 @@ def main(argv=None):
                       help="caps batch_size so that N*(K+Q)*batch_size stays below this "
                       "(activation memory; 20-way 5-shot at batch 50 is 20,000 images)")
   parser.add_argument("--width", type=int, default=64)
+  parser.add_argument("--episodes_per_chunk", type=int, default=1,
+                      help="episodes vmapped together on a device (evaluate.few_shot)")
+  parser.add_argument("--conv_impl", choices=("xla", "matmul", "native"), default="xla",
+                      help="convolution lowering; experiments.evaluate uses xla (one set of "
+                      "weights shared by every episode)")
   args = parser.parse_args(argv)
 
   dataset = load_data(args.data, args.data_dir)
   if dataset is None:
     return
   try:
-    embed_fn = make_embed_fn(dataset.image_shape, args.width)
+    embed_fn = make_embed_fn(dataset.image_shape, args.width, args.conv_impl)
   except ImportError as error:
     print(f"skipping: jmeta.models.conv4 is not available ({error})", file=sys.stderr)
     return
@@ -90,15 +95,19 @@ def main(argv=None):
     images_per_episode = num_ways * (num_shots + args.num_queries)
     batch_size = max(1, min(args.batch_size, args.max_images_per_batch // images_per_episode,
                             args.num_episodes))
+    unit = jax.local_device_count() * args.episodes_per_chunk
+    batch_size = -(-batch_size // unit) * unit  # as few_shot rounds it
     kwargs = dict(num_ways=num_ways, num_shots=num_shots, num_queries=args.num_queries,
-                  batch_size=batch_size, progress=False)
+                  batch_size=batch_size, episodes_per_chunk=args.episodes_per_chunk,
+                  progress=False)
     start = time.perf_counter()
     result = evaluate.few_shot(embed_fn, pool, num_episodes=args.num_episodes, **kwargs)
     total = time.perf_counter() - start
     # Steady state: the jitted batch step of few_shot, compiled once, then timed alone.
     batch_fn = evaluate.make_batch_accuracy(
         evaluate.prototype_classifier(embed_fn, num_ways=num_ways), num_ways=num_ways,
-        num_shots=num_shots, num_queries=args.num_queries, seed=0, batch_size=batch_size)
+        num_shots=num_shots, num_queries=args.num_queries, seed=0, batch_size=batch_size,
+        episodes_per_chunk=args.episodes_per_chunk)
     start = time.perf_counter()
     batch_fn(pool, jnp.int32(0)).block_until_ready()
     first_batch = time.perf_counter() - start
@@ -120,6 +129,10 @@ def main(argv=None):
         "total_s": round(total, 2),
         "first_batch_s": round(first_batch, 2),
         "accuracy": str(result),
+        "conv_impl": args.conv_impl,
+        "episodes_per_chunk": args.episodes_per_chunk,
+        "num_devices": jax.local_device_count(),
+        "max_images_per_batch": args.max_images_per_batch,
         "backend": jax.default_backend(),
     }, ensure_ascii=False), flush=True)
 

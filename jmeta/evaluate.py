@@ -3,7 +3,8 @@
 Episode i is a pure function of `(seed, i)` (see `episode_keys`), so every run and every method
 sees the same episodes whatever the batch size (design.md §3). Episodes are sampled, embedded
 and classified on device, `batch_size` episodes per call of one jitted function that is traced
-once: the last, partial batch is padded with extra episodes and trimmed.
+once (split over the local devices, one episode at a time on each by default): the last,
+partial batch is padded with extra episodes and trimmed.
 
 Example:
   >>> import numpy as np
@@ -22,10 +23,11 @@ Example:
 """
 import functools
 import math
-from typing import Callable, NamedTuple, Union
+from typing import Callable, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import tqdm
 
@@ -134,7 +136,8 @@ def prototype_classifier(embed_fn: EmbedFn, *, num_ways: int,
 @functools.lru_cache(maxsize=64)
 def make_batch_accuracy(classify_fn: ClassifyFn, *, num_ways: int, num_shots: int,
                         num_queries: int, seed: int, batch_size: int,
-                        takes_params: bool = False) -> Callable:
+                        takes_params: bool = False, episodes_per_chunk: int = 1,
+                        devices: Optional[tuple] = None) -> Callable:
   """The jitted step of `few_shot_classifier`: accuracies of `batch_size` consecutive episodes.
 
   Exposed so a caller (a benchmark, a custom loop) can time or drive batches without
@@ -147,14 +150,32 @@ def make_batch_accuracy(classify_fn: ClassifyFn, *, num_ways: int, num_shots: in
     num_shots: K.
     num_queries: Q.
     seed: selects the episodes (see `episode_keys`).
-    batch_size: B, episodes per call (vmapped).
+    batch_size: B, episodes per call; a multiple of `len(devices) * episodes_per_chunk`.
     takes_params: call `classify_fn(params, key, ...)`, params a traced argument, so new
       parameter values of the same shapes reuse the compilation.
+    episodes_per_chunk: episodes vmapped together; each device runs its share of the batch as
+      a `lax.map` over chunks of this many. Small chunks keep the activations of an episode
+      in cache: on a CPU one episode at a time is ~1.7x faster than 50 vmapped
+      (docs/PERFORMANCE.md). The accuracies do not depend on it.
+    devices: the batch is split over these devices (`shard_map`, pool and parameters
+      replicated); default: every local device. The accuracies do not depend on it.
 
   Returns:
     `accuracies(pool, start, params=None) -> [B] float32`, the accuracies of episodes
     start .. start+B-1 (start an int32 scalar).
+
+  Raises:
+    ValueError: if `batch_size` is not a multiple of `len(devices) * episodes_per_chunk`.
   """
+  devices = tuple(jax.local_devices() if devices is None else devices)
+  for name, value in (("batch_size", batch_size), ("episodes_per_chunk", episodes_per_chunk)):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+      raise ValueError(f"{name}={value!r} must be an int >= 1")
+  if not devices:
+    raise ValueError("devices must name at least one device")
+  if batch_size % (len(devices) * episodes_per_chunk):
+    raise ValueError(f"batch_size={batch_size} must be a multiple of len(devices) * "
+                     f"episodes_per_chunk = {len(devices)} * {episodes_per_chunk}")
 
   def accuracy(params, pool, index):
     key_episode, key_classify = episode_keys(seed, index)
@@ -167,11 +188,24 @@ def make_batch_accuracy(classify_fn: ClassifyFn, *, num_ways: int, num_shots: in
                        f"[{num_ways * num_queries}, {num_ways}], got {logits.shape}")
     return jnp.mean(jnp.argmax(logits, axis=-1) == task.query_labels)
 
+  def device_accuracies(params, pool, indices):
+    chunks = indices.reshape(-1, episodes_per_chunk)
+    chunk_accuracies = jax.lax.map(
+        lambda chunk: jax.vmap(accuracy, in_axes=(None, None, 0))(params, pool, chunk), chunks)
+    return chunk_accuracies.reshape(-1)
+
+  mesh = jax.sharding.Mesh(np.asarray(devices), ("episodes",))
+  # No collectives inside: each device's episodes are independent. Without the varying-axes
+  # check, any user classify_fn (scans with replicated carries, custom primitives) runs as is.
+  sharded_accuracies = jax.shard_map(
+      device_accuracies, mesh=mesh, in_specs=(P(), P(), P("episodes")),
+      out_specs=P("episodes"), check_vma=False)
+
   # `start` is traced, so every batch (the padded last one too) reuses one compilation.
   @jax.jit
   def accuracies(pool, start, params=None):
     indices = start + jnp.arange(batch_size, dtype=jnp.int32)
-    return jax.vmap(accuracy, in_axes=(None, None, 0))(params, pool, indices)
+    return sharded_accuracies(params, pool, indices)
 
   return accuracies
 
@@ -179,7 +213,8 @@ def make_batch_accuracy(classify_fn: ClassifyFn, *, num_ways: int, num_shots: in
 def few_shot_classifier(classify_fn: ClassifyFn, dataset: Union[Dataset, tasks.LabeledPool], *,
                         num_ways: int, num_shots: int, num_queries: int = 15,
                         num_episodes: int = 2000, seed: int = 0, batch_size: int = 50,
-                        progress: bool = True, params=None) -> FewShotResult:
+                        progress: bool = True, params=None, episodes_per_chunk: int = 1,
+                        devices: Optional[tuple] = None) -> FewShotResult:
   """N-way K-shot accuracy of any per-episode classifier on deterministic episodes.
 
   Episode i is `tasks.sample_episode(episode_keys(seed, i)[0], pool, ...)` (no augmentation);
@@ -196,10 +231,14 @@ def few_shot_classifier(classify_fn: ClassifyFn, dataset: Union[Dataset, tasks.L
     num_queries: Q query images per class (15 in the standard protocol).
     num_episodes: how many episodes (2000 for reported numbers, 600 for quick checks).
     seed: selects the episodes; the same seed gives the same episodes in every run.
-    batch_size: episodes per jitted call (vmapped); memory grows linearly with it.
+    batch_size: episodes per jitted call; memory grows linearly with it. Rounded up to a
+      multiple of `len(devices) * episodes_per_chunk`.
     progress: show a tqdm progress bar.
     params: if given, `classify_fn(params, key, ...)` receives them as a traced argument: a
       training loop evaluating new parameters reuses one compilation.
+    episodes_per_chunk: episodes vmapped together inside a batch (see `make_batch_accuracy`).
+    devices: split each batch over these devices; default every local device (on a CPU, run
+      with `XLA_FLAGS=--xla_force_host_platform_device_count=<cores>` for one per core).
 
   Returns:
     A `FewShotResult` (mean and ci95 as fractions; `str` formats them as percentages).
@@ -211,8 +250,16 @@ def few_shot_classifier(classify_fn: ClassifyFn, dataset: Union[Dataset, tasks.L
   for name, value in (("num_episodes", num_episodes), ("batch_size", batch_size)):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
       raise ValueError(f"{name}={value!r} must be an int >= 1")
-  batch_size = min(int(batch_size), int(num_episodes))
+  devices = tuple(jax.local_devices() if devices is None else devices)
+  if isinstance(episodes_per_chunk, bool) or not isinstance(
+      episodes_per_chunk, (int, np.integer)) or episodes_per_chunk < 1:
+    raise ValueError(f"episodes_per_chunk={episodes_per_chunk!r} must be an int >= 1")
+  unit = len(devices) * int(episodes_per_chunk)
+  batch_size = -(-min(int(batch_size), int(num_episodes)) // unit) * unit
   pool = dataset if isinstance(dataset, tasks.LabeledPool) else tasks.labeled_pool(dataset)
+  # Replicated once per call, not copied to every device by every batch.
+  pool = jax.device_put(pool, jax.sharding.NamedSharding(
+      jax.sharding.Mesh(np.asarray(devices), ("episodes",)), P()))
   # Checks num_ways, num_shots and num_queries against the pool (ValueError) before compiling.
   jax.eval_shape(lambda pool: tasks.sample_episode_indices(
       jax.random.key(0), pool, num_ways=num_ways, num_shots=num_shots,
@@ -220,7 +267,9 @@ def few_shot_classifier(classify_fn: ClassifyFn, dataset: Union[Dataset, tasks.L
 
   batch_accuracy = make_batch_accuracy(classify_fn, num_ways=num_ways, num_shots=num_shots,
                                        num_queries=num_queries, seed=seed, batch_size=batch_size,
-                                       takes_params=params is not None)
+                                       takes_params=params is not None,
+                                       episodes_per_chunk=int(episodes_per_chunk),
+                                       devices=devices)
   evaluate_batch = lambda pool, start: batch_accuracy(pool, start, params)
   starts = range(0, num_episodes, batch_size)
   accuracies = []
@@ -241,7 +290,8 @@ def few_shot_classifier(classify_fn: ClassifyFn, dataset: Union[Dataset, tasks.L
 
 def few_shot(embed_fn: EmbedFn, dataset: Union[Dataset, tasks.LabeledPool], *, num_ways: int,
              num_shots: int, num_queries: int = 15, num_episodes: int = 2000, seed: int = 0,
-             batch_size: int = 50, progress: bool = True, params=None) -> FewShotResult:
+             batch_size: int = 50, progress: bool = True, params=None,
+             episodes_per_chunk: int = 1, devices: Optional[tuple] = None) -> FewShotResult:
   """N-way K-shot accuracy of an embedding with the nearest-prototype (cosine) classifier.
 
   The "no adaptation" evaluation of design.md §1.7: embed support and query with `embed_fn`,
@@ -261,6 +311,8 @@ def few_shot(embed_fn: EmbedFn, dataset: Union[Dataset, tasks.LabeledPool], *, n
     progress: show a tqdm progress bar.
     params: if given, `embed_fn(params, images)`, params a traced argument (see
       `few_shot_classifier`).
+    episodes_per_chunk: episodes vmapped together (see `few_shot_classifier`).
+    devices: split each batch over these devices; default every local device.
 
   Returns:
     A `FewShotResult`.
@@ -270,4 +322,4 @@ def few_shot(embed_fn: EmbedFn, dataset: Union[Dataset, tasks.LabeledPool], *, n
   return few_shot_classifier(
       classify_fn, dataset, num_ways=num_ways, num_shots=num_shots, num_queries=num_queries,
       num_episodes=num_episodes, seed=seed, batch_size=batch_size, progress=progress,
-      params=params)
+      params=params, episodes_per_chunk=episodes_per_chunk, devices=devices)

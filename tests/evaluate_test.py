@@ -123,6 +123,35 @@ def test_traced_once_and_independent_of_batch_size():
                              result.accuracies[3:6])
 
 
+def test_episode_chunks_do_not_change_accuracies():
+  """One episode at a time (the default), chunks of 3, and the whole batch vmapped agree."""
+  kwargs = dict(num_ways=3, num_shots=1, num_queries=4, num_episodes=12, batch_size=6,
+                progress=False)
+  data = make_dataset()
+  results = [evaluate.few_shot(noisy_embed, data, episodes_per_chunk=chunk, **kwargs)
+             for chunk in (1, 3, 6)]
+  assert len(set(results[0].accuracies.tolist())) > 1
+  for result in results[1:]:
+    np.testing.assert_array_equal(result.accuracies, results[0].accuracies)
+  # A batch size that is not a multiple of the chunk is rounded up, episodes unchanged.
+  rounded = evaluate.few_shot(noisy_embed, data, episodes_per_chunk=4, **kwargs)
+  np.testing.assert_array_equal(rounded.accuracies, results[0].accuracies)
+
+
+def test_bad_chunking_raises():
+  with pytest.raises(ValueError, match="episodes_per_chunk=0"):
+    evaluate.few_shot(oracle_embed, make_dataset(), num_ways=3, num_shots=1, num_queries=2,
+                      num_episodes=4, episodes_per_chunk=0, progress=False)
+  with pytest.raises(ValueError, match="batch_size=5 must be a multiple of"):
+    evaluate.make_batch_accuracy(evaluate.prototype_classifier(oracle_embed, num_ways=3),
+                                 num_ways=3, num_shots=1, num_queries=2, seed=0, batch_size=5,
+                                 episodes_per_chunk=2)
+  with pytest.raises(ValueError, match="at least one device"):
+    evaluate.make_batch_accuracy(evaluate.prototype_classifier(oracle_embed, num_ways=3),
+                                 num_ways=3, num_shots=1, num_queries=2, seed=0, batch_size=4,
+                                 devices=())
+
+
 def test_classifier_key_is_per_episode_and_reproducible():
   def random_classify(key, support, support_labels, query):
     del support, support_labels

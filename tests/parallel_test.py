@@ -30,9 +30,12 @@ import pytest
 from jmeta import inner
 from jmeta import meta
 from jmeta import classifiers
+from jmeta import evaluate
 from jmeta import parallel
 from jmeta import testing
+from jmeta import tasks as tasks_lib
 from jmeta import train
+from jmeta.data.dataset import Dataset
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -150,7 +153,28 @@ def report() -> dict:
             "head": inner.init_head(jax.random.key(5), mlp.embedding_dim, 3)}
   out["maml_chunked"] = _compare_updates(objective, adapter.init_meta(params), num_tasks=16,
                                          task_chunk_size=1, image_shape=(4, 4, 1))
+  out["evaluation"] = _compare_evaluation()
   return out
+
+
+def _compare_evaluation() -> dict:
+  """Few-shot accuracies with each batch split over 8 devices and on one device."""
+  conv = testing.tiny_conv()
+  conv_params = conv.init(jax.random.key(6))
+  labels = np.repeat(np.arange(10, dtype=np.int32), 6)
+  images = np.asarray(testing.fake_images(jax.random.key(7), num_images=labels.size) * 255,
+                      np.uint8)
+  dataset = Dataset(images, labels, tuple(map(str, range(10))))
+  kwargs = dict(num_ways=3, num_shots=1, num_queries=2, num_episodes=21, batch_size=16,
+                progress=False, params=conv_params)
+  sharded = evaluate.few_shot(conv.apply, dataset, **kwargs)
+  single = evaluate.few_shot(conv.apply, dataset, devices=jax.devices()[:1], **kwargs)
+  batch_fn = evaluate.make_batch_accuracy(
+      evaluate.prototype_classifier(conv.apply, num_ways=3, takes_params=True), num_ways=3,
+      num_shots=1, num_queries=2, seed=0, batch_size=16, takes_params=True)
+  output = batch_fn(tasks_lib.labeled_pool(dataset), jnp.int32(0), conv_params)
+  return {"sharded": sharded.accuracies.tolist(), "single": single.accuracies.tolist(),
+          "output_devices": len(output.sharding.device_set)}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -188,6 +212,10 @@ def test_sharded_update_equals_single_device():
     assert result["all_reduce_in_hlo"], (name, "the sharded step never reduces across devices")
     # Gathering the tasks would mean every device adapts every task: no data parallelism.
     assert not result["all_gather_in_hlo"], (name, "the sharded step gathers the tasks")
+  evaluation = out["evaluation"]
+  assert len(evaluation["sharded"]) == 21 and len(set(evaluation["sharded"])) > 1, evaluation
+  assert evaluation["sharded"] == evaluation["single"], evaluation
+  assert evaluation["output_devices"] == NUM_DEVICES, evaluation  # episodes really split
 
 
 def test_make_mesh_rejects_more_devices_than_present():
