@@ -68,9 +68,9 @@ def main(argv=None):
   parser.add_argument("--num_queries", type=int, default=15)
   parser.add_argument("--num_episodes", type=int, default=600)
   parser.add_argument("--batch_size", type=int, default=50)
-  parser.add_argument("--max_images_per_batch", type=int, default=2000,
-                      help="caps batch_size so that N*(K+Q)*batch_size stays below this "
-                      "(activation memory; 20-way 5-shot at batch 50 is 20,000 images)")
+  parser.add_argument("--max_images_per_batch", type=int, default=4000,
+                      help="caps batch_size so that N*(K+Q)*batch_size stays below this, as "
+                      "experiments.evaluate does")
   parser.add_argument("--width", type=int, default=64)
   parser.add_argument("--episodes_per_chunk", type=int, default=1,
                       help="episodes vmapped together on a device (evaluate.few_shot)")

@@ -8,8 +8,10 @@ Sections (`--sections`, comma list; default all):
            step (loops unrolled), achieved GFLOP/s, fraction of peak, compile time and count.
   bmssl    meta.bmssl on unsupervised tasks sampled and augmented inside the jitted step
            (train.make_update): Conv4 on 28x28, N in --bmssl_ways views-as-classes, S=2, Q=3,
-           L=5, delta in {0, 1, 5}, T=16; per conv impl / chunking; plus the share of the step spent
-           sampling + augmenting (the sampler jitted alone).
+           L=--bmssl_inner_steps (1, the default config), delta in --bmssl_deltas, T=16, per
+           --bmssl_paths; the share of the step spent sampling + augmenting (the sampler jitted
+           alone); for delta > 0 the budget: the delta=0 step + delta first-order inner steps +
+           the target's predictions.
   memory   peak memory of one so meta-gradient vs inner steps L in {1, 5, 10, 20}, with and
            without remat: XLA's compiled memory_analysis (temp + arguments + outputs) and the
            ru_maxrss of a subprocess that runs it once.
@@ -107,7 +109,7 @@ def section_peer(args, peak):
 # BMSSL: unsupervised tasks sampled + augmented inside the step.
 
 
-def _bmssl_setup(num_ways, delta, conv_impl, num_tasks=16, image_pool=2000):
+def _bmssl_setup(num_ways, num_inner_steps, delta, conv_impl, num_tasks=16, image_pool=2000):
   import jax
   import numpy as np
   import optax
@@ -115,8 +117,8 @@ def _bmssl_setup(num_ways, delta, conv_impl, num_tasks=16, image_pool=2000):
   model = models.conv4.make(image_size=28, channels=1, width=64, num_blocks=4, norm="batch",
                             conv_impl=conv_impl)
   adapter, objective = meta.bmssl(model.apply, num_ways=num_ways, step_size=0.1,
-                                  num_inner_steps=5, num_bootstrap_steps=delta,
-                                  mix=0.5 if delta else 1.0, extra_metrics=False)
+                                  num_inner_steps=num_inner_steps, num_bootstrap_steps=delta,
+                                  mix=0.5, extra_metrics=False)
   augment_fn = augment.chain(  # configs/common.py's Omniglot-style views
       augment.random_resized_crop(scale=(0.6, 1.0)),
       augment.random_affine(degrees=15.0, shear=10.0, translate=0.1, scale=(0.9, 1.1)),
@@ -129,17 +131,60 @@ def _bmssl_setup(num_ways, delta, conv_impl, num_tasks=16, image_pool=2000):
   optimizer = optax.adam(1e-3)
   state = train.init_state(adapter.init_meta({"encoder": model.init(jax.random.key(0))}),
                            optimizer)
-  return objective, optimizer, sample, images, state
+  return model, adapter, objective, optimizer, sample, images, state
+
+
+def _bootstrap_parts_ms(model, adapter, sample, images, meta_params, num_ways, chunk,
+                        num_steps):
+  """What the bootstrap adds, timed alone over the T tasks (as the step runs them, no outer
+  gradient): one first-order inner step (SupCon forward + backward on the support, SGD), of
+  which the target takes δ, and the target's predictions (prototype logits: a forward pass on
+  support and query)."""
+  import jax
+  from jmeta import classifiers, inner
+  from jmeta.types import Batch
+  logits_fn = classifiers.prototype(model.apply, num_ways=num_ways, distance="cosine",
+                                    temperature=0.1)
+
+  def inner_step(task):
+    state, _ = inner.update(adapter, jax.random.key(0), adapter.init(meta_params),
+                            Batch(task.support, task.support_labels))
+    return state.params
+
+  def predictions(task):
+    return logits_fn(meta_params["params"], Batch(task.support, task.support_labels),
+                     task.query)
+
+  batch = jax.jit(sample)(jax.random.key(0), images)
+  times = []
+  for per_task in (inner_step, predictions):
+    run = (jax.jit(lambda tasks, f=per_task: jax.lax.map(f, tasks)) if chunk
+           else jax.jit(jax.vmap(per_task)))
+    _, median, _ = _time_steps(lambda i, run=run: jax.block_until_ready(run(batch)), num_steps)
+    times.append(median * 1e3)
+  return times
 
 
 def section_bmssl(args):
+  """BMSSL's step for δ in --bmssl_deltas, and the bootstrap's cost against its budget.
+
+  The budget of δ bootstrap steps is the δ = 0 step plus δ first-order inner steps (the target
+  is the adapted model moved δ more steps, held fixed) plus the target's predictions (the δ = 0
+  step's target is the adapted model itself, whose predictions it has already computed);
+  `over_budget_ms` > 0 is overhead beyond that.
+  """
   import jax
   from jmeta import train
-  configs = [("native", 1), ("matmul", None)]
+  paths = []
+  for path in args.bmssl_paths:
+    impl, _, chunk = path.partition(":")
+    paths.append((impl, None if chunk in ("", "all") else int(chunk)))
   for num_ways in args.bmssl_ways:
-    for delta in (0, 1, 5):
-      for conv_impl, chunk in configs:
-        objective, optimizer, sample, images, state = _bmssl_setup(num_ways, delta, conv_impl)
+    for conv_impl, chunk in paths:
+      baseline_ms = None
+      for delta in args.bmssl_deltas:
+        model, adapter, objective, optimizer, sample, images, state = _bmssl_setup(
+            num_ways, args.bmssl_inner_steps, delta, conv_impl)
         update = train.make_update(objective, optimizer, sample_tasks=sample, num_tasks=16,
                                    task_chunk_size=chunk)
         holder = {"state": state}
@@ -158,13 +203,26 @@ def section_bmssl(args):
           sampler(jax.random.key(i), images).support.block_until_ready()
           times.append(time.perf_counter() - t)
         sampling = statistics.median(times)
-        _emit({"section": "bmssl", "num_ways": num_ways, "num_support": 2, "num_queries": 3,
-               "delta": delta, "inner_steps": 5, "num_tasks": 16, "conv_impl": conv_impl,
-               "task_chunk_size": chunk, "ms_per_step": round(median * 1e3, 1),
-               "ms_min": round(fastest * 1e3, 1), "tasks_per_s": round(16 / median, 2),
-               "compile_s": round(first - median, 1),
-               "sampling_ms": round(sampling * 1e3, 1),
-               "sampling_share": round(sampling / median, 3)})
+        record = {
+            "section": "bmssl", "num_ways": num_ways, "num_support": 2, "num_queries": 3,
+            "delta": delta, "inner_steps": args.bmssl_inner_steps, "num_tasks": 16,
+            "conv_impl": conv_impl, "task_chunk_size": chunk,
+            "ms_per_step": round(median * 1e3, 1), "ms_min": round(fastest * 1e3, 1),
+            "tasks_per_s": round(16 / median, 2), "compile_s": round(first - median, 1),
+            "sampling_ms": round(sampling * 1e3, 1),
+            "sampling_share": round(sampling / median, 3)}
+        if delta == 0:
+          baseline_ms = median * 1e3
+        elif baseline_ms is not None:
+          inner_ms, predictions_ms = _bootstrap_parts_ms(
+              model, adapter, sample, images, holder["state"].meta_params, num_ways, chunk,
+              args.steps)
+          budget = baseline_ms + delta * inner_ms + predictions_ms
+          record.update(first_order_inner_step_ms=round(inner_ms, 1),
+                        target_predictions_ms=round(predictions_ms, 1),
+                        budget_ms=round(budget, 1),
+                        over_budget_ms=round(median * 1e3 - budget, 1))
+        _emit(record)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -283,6 +341,13 @@ def main(argv=None):
                       help="memory section: default (one task per chunk) and/or plain (vmap)")
   parser.add_argument("--bmssl_ways", type=lambda v: [int(n) for n in v.split(",")], default=[5],
                       help="N values of the bmssl section (comma list)")
+  parser.add_argument("--bmssl_inner_steps", type=int, default=1,
+                      help="bmssl section: L (configs/bmssl_omniglot.py: 1)")
+  parser.add_argument("--bmssl_deltas", type=lambda v: [int(n) for n in v.split(",")],
+                      default=[0, 1, 5], help="bmssl section: δ values; 0 first (the budget)")
+  parser.add_argument("--bmssl_paths", type=lambda v: v.split(","), default=["native:1"],
+                      help="bmssl section: CONV_IMPL:CHUNK list; CHUNK 'all' vmaps every task "
+                      "(default: the config's native convolutions, one task per chunk)")
   parser.add_argument("--memory_worker", nargs=3, help=argparse.SUPPRESS)
   parser.add_argument("--scaling_worker", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)

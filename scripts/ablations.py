@@ -8,7 +8,7 @@ before it runs.
   python scripts/ablations.py --root=/work/runs/ablations --steps=150 --rows=baseline,delta0
   python scripts/ablations.py --root=... --cpu=1   # pin the sweep to core 1 (taskset), 1 device
 
-Then: `python scripts/results_table.py --ablations=ROOT` tabulates the rows.
+Then `python scripts/results_table.py --row "baseline=ROOT/baseline" --row ...` tabulates them.
 """
 import argparse
 import json
@@ -25,7 +25,7 @@ ROWS = {
     "delta10": ["--config.meta.num_bootstrap_steps=10"],
     "mix0": ["--config.meta.mix=0.0"],
     "l2": ["--config.meta.matching=l2"],
-    "support1": ["--config.tasks.num_support=1"],
+    "support3": ["--config.tasks.num_support=3"],  # S = 1 is refused: SupCon needs positives
     "support4": ["--config.tasks.num_support=4"],
     "inner5": ["--config.inner.num_steps=5"],
     "adapt_last_block": ["--config.inner.adapt=encoder/block3"],
@@ -75,10 +75,13 @@ def main(argv=None):
       continue
     for command in row_commands(name, workdir, args.steps, args.episodes):
       print(f"{name} ({time.strftime('%H:%M:%S')}): {' '.join(prefix + command)}", flush=True)
-      subprocess.run(prefix + command, cwd=repo, env=env, check=True,
-                     stdout=subprocess.DEVNULL)
-    with open(os.path.join(workdir, f"eval_{EVAL_NAME}.json")) as file:
-      print(f"{name}: {json.load(file)}", flush=True)
+      if subprocess.run(prefix + command, cwd=repo, env=env, stdout=subprocess.DEVNULL,
+                        check=False).returncode:
+        print(f"{name}: FAILED (see the error above); going on with the next row", flush=True)
+        break
+    else:
+      with open(os.path.join(workdir, f"eval_{EVAL_NAME}.json")) as file:
+        print(f"{name}: {json.load(file)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,31 @@ def all_steps(workdir: str):
 def final_metrics(workdir: str) -> dict:
   with open(os.path.join(workdir, "metrics.jsonl")) as file:
     lines = [json.loads(line) for line in file if line.strip()]
-  return lines[-1]
+  return dict(lines[-1], wall_s=training_seconds(lines))
+
+
+def training_seconds(lines) -> float:
+  """The training wall-clock over every launch: `wall_s` restarts from 0 when a run resumes,
+  so sum the last `wall_s` of each launch (a launch ends where `wall_s` goes down)."""
+  total, last = 0.0, 0.0
+  for line in lines:
+    if "wall_s" not in line:
+      continue
+    if line["wall_s"] < last:
+      total += last
+    last = line["wall_s"]
+  return total + last
+
+
+def validation_cell(workdir: str) -> str:
+  """The last `eval_accuracy ± eval_ci95` of the run's metrics.jsonl, in percent."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as file:
+    lines = [json.loads(line) for line in file if line.strip()]
+  evaluated = [line for line in lines if "eval_accuracy" in line]
+  if not evaluated:
+    return "–"
+  last = evaluated[-1]
+  return f"{100 * last['eval_accuracy']:.1f} ± {100 * last['eval_ci95']:.1f}"
 
 
 def cell(row) -> str:
@@ -52,9 +76,19 @@ def cell(row) -> str:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--row", action="append", required=True, help="NAME=WORKDIR")
+  parser.add_argument("--protocols", default=",".join(f"{d}:{n}:{k}" for d, n, k in PROTOCOLS),
+                      help="columns, comma-separated DATASET:N:K (default: all six)")
+  parser.add_argument("--validation", action="store_true",
+                      help="add the last in-training validation accuracy (eval_accuracy)")
   args = parser.parse_args()
+  protocols = []
+  for spec in args.protocols.split(","):
+    family, n, k = spec.split(":")
+    protocols.append((family, int(n), int(k)))
   header = ["method", "steps", "train wall-clock"] + [
-      f"{'Omniglot' if d == 'omniglot' else 'MNIST'} {n}w{k}s" for d, n, k in PROTOCOLS]
+      f"{'Omniglot' if d == 'omniglot' else 'MNIST'} {n}w{k}s" for d, n, k in protocols]
+  if args.validation:
+    header.append("validation (in training)")
   print("| " + " | ".join(header) + " |")
   print("|" + "---|" * len(header))
   for spec in args.row:
@@ -67,7 +101,9 @@ def main():
     found = evaluations(workdir, step)
     minutes = 0.0 if untrained else final.get("wall_s", 0.0) / 60
     cells = [name, str(step), f"{minutes:.0f} min"] + [
-        cell(found.get(protocol)) for protocol in PROTOCOLS]
+        cell(found.get(protocol)) for protocol in protocols]
+    if args.validation:
+      cells.append(validation_cell(workdir))
     print("| " + " | ".join(cells) + " |")
 
 
