@@ -133,6 +133,18 @@ def prototype_classifier(embed_fn: EmbedFn, *, num_ways: int,
   return classify_fn
 
 
+def _check_counts(**counts):
+  """ValueError naming the first count that is not an int >= 1."""
+  for name, value in counts.items():
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+      raise ValueError(f"{name}={value!r} must be an int >= 1")
+
+
+def _episode_mesh(devices) -> jax.sharding.Mesh:
+  """The 1-D mesh each batch of episodes is split over."""
+  return jax.sharding.Mesh(np.asarray(devices), ("episodes",))
+
+
 @functools.lru_cache(maxsize=64)
 def make_batch_accuracy(classify_fn: ClassifyFn, *, num_ways: int, num_shots: int,
                         num_queries: int, seed: int, batch_size: int,
@@ -168,9 +180,7 @@ def make_batch_accuracy(classify_fn: ClassifyFn, *, num_ways: int, num_shots: in
     ValueError: if `batch_size` is not a multiple of `len(devices) * episodes_per_chunk`.
   """
   devices = tuple(jax.local_devices() if devices is None else devices)
-  for name, value in (("batch_size", batch_size), ("episodes_per_chunk", episodes_per_chunk)):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-      raise ValueError(f"{name}={value!r} must be an int >= 1")
+  _check_counts(batch_size=batch_size, episodes_per_chunk=episodes_per_chunk)
   if not devices:
     raise ValueError("devices must name at least one device")
   if batch_size % (len(devices) * episodes_per_chunk):
@@ -194,7 +204,7 @@ def make_batch_accuracy(classify_fn: ClassifyFn, *, num_ways: int, num_shots: in
         lambda chunk: jax.vmap(accuracy, in_axes=(None, None, 0))(params, pool, chunk), chunks)
     return chunk_accuracies.reshape(-1)
 
-  mesh = jax.sharding.Mesh(np.asarray(devices), ("episodes",))
+  mesh = _episode_mesh(devices)
   # No collectives inside: each device's episodes are independent. Without the varying-axes
   # check, any user classify_fn (scans with replicated carries, custom primitives) runs as is.
   sharded_accuracies = jax.shard_map(
@@ -231,8 +241,8 @@ def few_shot_classifier(classify_fn: ClassifyFn, dataset: Union[Dataset, tasks.L
     num_queries: Q query images per class (15 in the standard protocol).
     num_episodes: how many episodes (2000 for reported numbers, 600 for quick checks).
     seed: selects the episodes; the same seed gives the same episodes in every run.
-    batch_size: episodes per jitted call; memory grows linearly with it. Rounded up to a
-      multiple of `len(devices) * episodes_per_chunk`.
+    batch_size: episodes per jitted call (each device holds one chunk's activations at a
+      time). Rounded up to a multiple of `len(devices) * episodes_per_chunk`.
     progress: show a tqdm progress bar.
     params: if given, `classify_fn(params, key, ...)` receives them as a traced argument: a
       training loop evaluating new parameters reuses one compilation.
@@ -247,19 +257,14 @@ def few_shot_classifier(classify_fn: ClassifyFn, dataset: Union[Dataset, tasks.L
     ValueError: if the dataset is empty, num_ways exceeds its classes, a class has fewer than
       num_shots + num_queries images, or a count is < 1.
   """
-  for name, value in (("num_episodes", num_episodes), ("batch_size", batch_size)):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-      raise ValueError(f"{name}={value!r} must be an int >= 1")
+  _check_counts(num_episodes=num_episodes, batch_size=batch_size,
+                episodes_per_chunk=episodes_per_chunk)
   devices = tuple(jax.local_devices() if devices is None else devices)
-  if isinstance(episodes_per_chunk, bool) or not isinstance(
-      episodes_per_chunk, (int, np.integer)) or episodes_per_chunk < 1:
-    raise ValueError(f"episodes_per_chunk={episodes_per_chunk!r} must be an int >= 1")
   unit = len(devices) * int(episodes_per_chunk)
   batch_size = -(-min(int(batch_size), int(num_episodes)) // unit) * unit
   pool = dataset if isinstance(dataset, tasks.LabeledPool) else tasks.labeled_pool(dataset)
   # Replicated once per call, not copied to every device by every batch.
-  pool = jax.device_put(pool, jax.sharding.NamedSharding(
-      jax.sharding.Mesh(np.asarray(devices), ("episodes",)), P()))
+  pool = jax.device_put(pool, jax.sharding.NamedSharding(_episode_mesh(devices), P()))
   # Checks num_ways, num_shots and num_queries against the pool (ValueError) before compiling.
   jax.eval_shape(lambda pool: tasks.sample_episode_indices(
       jax.random.key(0), pool, num_ways=num_ways, num_shots=num_shots,

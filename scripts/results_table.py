@@ -36,9 +36,12 @@ def all_steps(workdir: str):
       yield from (row["step"] for row in json.load(file))
 
 
-def final_metrics(workdir: str) -> dict:
+def read_metrics(workdir: str) -> list:
   with open(os.path.join(workdir, "metrics.jsonl")) as file:
-    lines = [json.loads(line) for line in file if line.strip()]
+    return [json.loads(line) for line in file if line.strip()]
+
+
+def final_metrics(lines) -> dict:
   return dict(lines[-1], wall_s=training_seconds(lines))
 
 
@@ -55,10 +58,8 @@ def training_seconds(lines) -> float:
   return total + last
 
 
-def validation_cell(workdir: str) -> str:
-  """The last `eval_accuracy ± eval_ci95` of the run's metrics.jsonl, in percent."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as file:
-    lines = [json.loads(line) for line in file if line.strip()]
+def validation_cell(lines) -> str:
+  """The last `eval_accuracy ± eval_ci95` of a run's metrics records, in percent."""
   evaluated = [line for line in lines if "eval_accuracy" in line]
   if not evaluated:
     return "–"
@@ -94,7 +95,8 @@ def main():
   for spec in args.row:
     name, _, workdir = spec.rpartition("=")  # names may contain "="
     workdir, untrained, _ = workdir.partition("@0")
-    final = final_metrics(workdir)
+    lines = read_metrics(workdir)
+    final = final_metrics(lines)
     # A run stopped by a signal checkpoints a step after its last metrics line: take the step
     # the evaluations were made at.
     step = 0 if untrained else max([final["step"]] + list(all_steps(workdir)))
@@ -103,7 +105,7 @@ def main():
     cells = [name, str(step), f"{minutes:.0f} min"] + [
         cell(found.get(protocol)) for protocol in protocols]
     if args.validation:
-      cells.append(validation_cell(workdir))
+      cells.append(validation_cell(lines))
     print("| " + " | ".join(cells) + " |")
 
 
