@@ -1,9 +1,9 @@
 r"""BMSSL ablations on 5-way 1-shot (docs/RESULTS.md): train each row briefly, evaluate it.
 
-Every row is `configs/bmssl_omniglot.py` with `--steps` outer steps and one change. Rows run one
-after another; a row whose evaluation file exists is skipped, so an interrupted sweep resumes
-(a row cut off mid-training resumes from its last checkpoint). Each row's command is printed
-before it runs.
+Every row is `configs/bmssl_omniglot.py` with N = 5, T = 16 (`SWEEP_BASE`), `--steps` outer steps
+and one change. Rows run one after another; a row whose evaluation file exists is skipped, so an
+interrupted sweep resumes (a row cut off mid-training resumes from its last checkpoint). Each
+row's command is printed before it runs.
 
   python scripts/ablations.py --root=/work/runs/ablations --steps=150 --rows=baseline,delta0
   python scripts/ablations.py --root=... --cpu=1   # pin the sweep to core 1 (taskset), 1 device
@@ -17,7 +17,11 @@ import subprocess
 import sys
 import time
 
-# name -> config overrides on top of configs/bmssl_omniglot.py (L = 1, δ = 1, λ = 0.5, KL, S = 2).
+# The sweep's baseline: configs/bmssl_omniglot.py as it was when the sweep ran (N = 5, T = 16;
+# the default moved to N = 20, T = 4 after it). A row's own value of a field replaces this.
+SWEEP_BASE = ["--config.tasks.num_ways=5", "--config.tasks.num_tasks=16"]
+
+# name -> config overrides on top of the baseline (L = 1, δ = 1, λ = 0.5, KL, S = 2).
 ROWS = {
     "baseline": [],
     "delta0": ["--config.meta.num_bootstrap_steps=0"],
@@ -30,16 +34,24 @@ ROWS = {
     "inner5": ["--config.inner.num_steps=5"],
     "adapt_last_block": ["--config.inner.adapt=encoder/block3"],
     "ways20_tasks4": ["--config.tasks.num_ways=20", "--config.tasks.num_tasks=4"],
+    # The best changes above, combined.
+    "ways20_tasks4_last_block": ["--config.tasks.num_ways=20", "--config.tasks.num_tasks=4",
+                                 "--config.inner.adapt=encoder/block3"],
+    "ways20_tasks4_support3_last_block": [
+        "--config.tasks.num_ways=20", "--config.tasks.num_tasks=4",
+        "--config.tasks.num_support=3", "--config.inner.adapt=encoder/block3"],
 }
 EVAL_NAME = "test_5w1s"
 
 
 def row_commands(name: str, workdir: str, steps: int, episodes: int) -> tuple[list, list]:
   """The train and evaluate commands of one row."""
+  changed = {flag.partition("=")[0] for flag in ROWS[name]}
+  base = [flag for flag in SWEEP_BASE if flag.partition("=")[0] not in changed]
   train = [sys.executable, "-m", "experiments.train", "--config=configs/bmssl_omniglot.py",
            f"--workdir={workdir}", f"--config.num_steps={steps}",
            f"--config.eval.every_steps={max(1, steps // 3)}",
-           f"--config.checkpoint_every_steps={max(1, steps // 3)}", *ROWS[name]]
+           f"--config.checkpoint_every_steps={max(1, steps // 3)}", *base, *ROWS[name]]
   evaluate = [sys.executable, "-m", "experiments.evaluate", f"--workdir={workdir}", "--ways=5",
               "--shots=1", f"--episodes={episodes}", f"--name={EVAL_NAME}"]
   return train, evaluate

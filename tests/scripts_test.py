@@ -1,0 +1,36 @@
+"""The scripts behind docs/RESULTS.md: the ablation sweep's commands and the table's wall-clock."""
+import pathlib
+import sys
+
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "scripts"))
+import ablations  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+import results_table  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def _flags(command):
+  return [arg for arg in command if arg.startswith("--config.")]
+
+
+def test_ablation_rows_run_on_the_sweep_baseline_and_a_row_replaces_its_own_fields():
+  baseline, _ = ablations.row_commands("baseline", "W", 150, 2000)
+  assert set(ablations.SWEEP_BASE) <= set(_flags(baseline))
+  delta, _ = ablations.row_commands("delta5", "W", 150, 2000)
+  assert _flags(delta) == _flags(baseline) + ["--config.meta.num_bootstrap_steps=5"]
+  ways, evaluate = ablations.row_commands("ways20_tasks4", "W", 150, 2000)
+  fields = [flag.partition("=")[0] for flag in _flags(ways)]
+  assert len(fields) == len(set(fields)), "a field is set twice"
+  assert "--config.tasks.num_ways=20" in ways and "--config.tasks.num_ways=5" not in ways
+  assert "--episodes=2000" in evaluate and "--ways=5" in evaluate
+
+
+@pytest.mark.parametrize("walls, expected", [
+    ([10.0, 20.0, 30.0], 30.0),               # one launch
+    ([10.0, 20.0, 5.0, 15.0], 35.0),          # resumed once: 20 + 15
+    ([10.0, 3.0, 4.0, 1.0, 2.0], 16.0),       # resumed twice: 10 + 4 + 2
+])
+def test_training_wall_clock_sums_the_launches_of_a_resumed_run(walls, expected):
+  lines = [{"step": i, "wall_s": wall} for i, wall in enumerate(walls)]
+  lines.insert(1, {"step": 0, "eval_accuracy": 0.5})  # lines without wall_s are skipped
+  assert results_table.training_seconds(lines) == pytest.approx(expected)
