@@ -8,7 +8,8 @@ Sections (`--sections`, comma list; default all):
            step (loops unrolled), achieved GFLOP/s, fraction of peak, compile time and count.
   bmssl    meta.bmssl on unsupervised tasks sampled and augmented inside the jitted step
            (train.make_update): Conv4 on 28x28, N in --bmssl_ways views-as-classes, S=2, Q=3,
-           L=--bmssl_inner_steps (1, the default config), delta in --bmssl_deltas, T=16, per
+           L=--bmssl_inner_steps, delta in --bmssl_deltas, T=--bmssl_tasks (defaults: the default
+           config's N=20, L=1, T=4), per
            --bmssl_paths; the share of the step spent sampling + augmenting (the sampler jitted
            alone); for delta > 0 the budget: the delta=0 step + delta first-order inner steps +
            the target's predictions.
@@ -109,7 +110,7 @@ def section_peer(args, peak):
 # BMSSL: unsupervised tasks sampled + augmented inside the step.
 
 
-def _bmssl_setup(num_ways, num_inner_steps, delta, conv_impl, num_tasks=16, image_pool=2000):
+def _bmssl_setup(num_ways, num_inner_steps, delta, conv_impl, num_tasks, image_pool=2000):
   import jax
   import numpy as np
   import optax
@@ -184,8 +185,9 @@ def section_bmssl(args):
       baseline_ms = None
       for delta in args.bmssl_deltas:
         model, adapter, objective, optimizer, sample, images, state = _bmssl_setup(
-            num_ways, args.bmssl_inner_steps, delta, conv_impl)
-        update = train.make_update(objective, optimizer, sample_tasks=sample, num_tasks=16,
+            num_ways, args.bmssl_inner_steps, delta, conv_impl, args.bmssl_tasks)
+        update = train.make_update(objective, optimizer, sample_tasks=sample,
+                                   num_tasks=args.bmssl_tasks,
                                    task_chunk_size=chunk)
         holder = {"state": state}
 
@@ -205,10 +207,11 @@ def section_bmssl(args):
         sampling = statistics.median(times)
         record = {
             "section": "bmssl", "num_ways": num_ways, "num_support": 2, "num_queries": 3,
-            "delta": delta, "inner_steps": args.bmssl_inner_steps, "num_tasks": 16,
+            "delta": delta, "inner_steps": args.bmssl_inner_steps,
+            "num_tasks": args.bmssl_tasks,
             "conv_impl": conv_impl, "task_chunk_size": chunk,
             "ms_per_step": round(median * 1e3, 1), "ms_min": round(fastest * 1e3, 1),
-            "tasks_per_s": round(16 / median, 2), "compile_s": round(first - median, 1),
+            "tasks_per_s": round(args.bmssl_tasks / median, 2), "compile_s": round(first - median, 1),
             "sampling_ms": round(sampling * 1e3, 1),
             "sampling_share": round(sampling / median, 3)}
         if delta == 0:
@@ -339,8 +342,11 @@ def main(argv=None):
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--memory_paths", type=lambda v: v.split(","), default=["default", "plain"],
                       help="memory section: default (one task per chunk) and/or plain (vmap)")
-  parser.add_argument("--bmssl_ways", type=lambda v: [int(n) for n in v.split(",")], default=[5],
-                      help="N values of the bmssl section (comma list)")
+  parser.add_argument("--bmssl_ways", type=lambda v: [int(n) for n in v.split(",")],
+                      default=[20], help="N values of the bmssl section (comma list; "
+                      "configs/bmssl_omniglot.py: 20)")
+  parser.add_argument("--bmssl_tasks", type=int, default=4,
+                      help="bmssl section: T (configs/bmssl_omniglot.py: 4)")
   parser.add_argument("--bmssl_inner_steps", type=int, default=1,
                       help="bmssl section: L (configs/bmssl_omniglot.py: 1)")
   parser.add_argument("--bmssl_deltas", type=lambda v: [int(n) for n in v.split(",")],

@@ -169,6 +169,7 @@ def shrink_for_smoke(config: ml_collections.ConfigDict) -> ml_collections.Config
   config.data.max_train_images = 200
   config.model.width = 8
   config.tasks.num_tasks = 2
+  config.tasks.num_ways = min(config.tasks.num_ways, 5)
   config.inner.num_steps = min(config.inner.num_steps, 1)
   config.meta.num_bootstrap_steps = min(config.meta.num_bootstrap_steps, 1)
   config.optimizer.warmup_steps = 2

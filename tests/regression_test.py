@@ -26,6 +26,7 @@ def short_bmssl_config():
   config = bmssl_omniglot.get_config()
   config.num_steps = NUM_STEPS
   config.model.width = 32
+  config.tasks.num_ways = 5
   config.tasks.num_tasks = 4
   config.inner.num_steps = 1
   config.meta.num_bootstrap_steps = 1
