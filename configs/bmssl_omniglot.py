@@ -14,8 +14,9 @@ Expected on a 2-core CPU (docs/RESULTS.md, seed 0, two JAX devices): 800 steps i
 first 24 of them sharing the machine with the test suite (quiet: ≈ 1.5 s/step, ≈ 20 min);
 validation 5-way 1-shot 85% after 100 steps, 89.1 ± 1.1% at the end. Test (Vinyals test
 characters × 4 rotations, 2,000 episodes each): 5w1s 89.9 ± 0.3, 5w5s 96.6 ± 0.1, 20w1s
-74.6 ± 0.3, 20w5s 89.2 ± 0.1; MNIST 5w1s 65.8 ± 0.4, 5w5s 84.4 ± 0.3. Above UMTRA's published
-83.8 / 95.4 / 74.3 on the first three, 2.9 points below its 92.1 on 20w5s.
+74.5 ± 0.2, 20w5s 89.2 ± 0.1; MNIST 5w1s 65.8 ± 0.4, 5w5s 84.4 ± 0.3. Against UMTRA's published
+83.8 / 95.4 / 74.3 / 92.1: above on 5-way, level on 20w1s (+0.2, one interval), 2.9 below on
+20w5s.
 N = 20, T = 4 is the best of the ablations (N = 5, T = 16 before; the 150-step sweep in
 docs/RESULTS.md); L = 1, δ = 1 were chosen for the CPU budget.
 """
