@@ -301,7 +301,6 @@ def small_valid_overrides(draw):
   return overrides
 
 
-@pytest.mark.usefixtures("fast_compilation")
 @hypothesis.settings(max_examples=5, deadline=None, database=None,
                      suppress_health_check=[hypothesis.HealthCheck.too_slow])
 @hypothesis.given(overrides=small_valid_overrides(), seed=st.integers(0, 2**32 - 1))

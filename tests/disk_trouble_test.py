@@ -127,7 +127,6 @@ def test_kernel_refusing_an_array_write_keeps_the_previous_checkpoint(tmp_path):
   np.testing.assert_array_equal(restored["weights"], _noise_state(1)["weights"])
 
 
-@pytest.mark.usefixtures("fast_compilation")
 def test_training_stops_on_a_full_disk_and_a_relaunch_resumes(data_dir, cache_dir, monkeypatch,
                                                               tmp_path, caplog):
   del cache_dir  # sets $JMETA_CACHE_DIR

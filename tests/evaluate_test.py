@@ -17,9 +17,6 @@ NUM_CLASSES, PER_CLASS, H, W = 12, 7, 10, 9
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-pytestmark = pytest.mark.usefixtures("fast_compilation")
-
-
 def make_dataset():
   """12 classes × 7 images of 10×9×1; pixel c (row-major) marks the class, (9, 8) the index."""
   labels = np.random.default_rng(0).permutation(np.repeat(np.arange(NUM_CLASSES), PER_CLASS))

@@ -38,7 +38,6 @@ def env(data_dir, cache_dir, monkeypatch):
               JAX_DISABLE_MOST_OPTIMIZATIONS="1")
 
 
-@pytest.mark.usefixtures("fast_compilation")
 @pytest.mark.parametrize("name", CONFIGS)
 def test_smoke_config_trains_checkpoints_evaluates_and_plots(name, env, tmp_path):
   config = load_config(name)

@@ -36,14 +36,12 @@ def data_env(data_dir, cache_dir, monkeypatch):
   monkeypatch.setenv("JMETA_DATA_DIR", str(data_dir))
 
 
-@pytest.mark.usefixtures("fast_compilation")
 def test_nonfinite_stop_names_quantity_and_step_and_keeps_last_checkpoint(tmp_path):
   with pytest.raises(train_lib.NonFiniteError, match=r"step 1: non-finite .*meta_loss"):
     train_lib.run(diverging_config("stop"), str(tmp_path))
   assert not os.path.exists(tmp_path / "checkpoints" / "1")
 
 
-@pytest.mark.usefixtures("fast_compilation")
 def test_nonfinite_skip_counts_and_stops_at_the_limit_without_changing_parameters(tmp_path):
   config = diverging_config("skip", max_skipped=3)
   with pytest.raises(train_lib.NonFiniteError, match="3 updates were skipped"):
@@ -53,7 +51,6 @@ def test_nonfinite_skip_counts_and_stops_at_the_limit_without_changing_parameter
   assert all(r["finite"] == 0.0 for r in records)
 
 
-@pytest.mark.usefixtures("fast_compilation")
 def test_different_seeds_differ_and_the_same_seed_repeats_bitwise(tmp_path):
   fingerprints, records = {}, {}
   for name, seed in (("first", 0), ("other_seed", 1), ("same_seed", 0)):

@@ -28,6 +28,9 @@ from jmeta.models import layers
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 _PEERS = pathlib.Path(os.environ.get("JMETA_PEERS_DIR", _REPO.parent / "shared" / "peers"))
 
+# The fast paths are checked as users run them: compiled with XLA's optimisation passes.
+pytestmark = pytest.mark.optimized_xla
+
 
 def _reference_conv(x, kernel):
   return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",

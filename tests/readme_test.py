@@ -2,8 +2,6 @@
 import pathlib
 import re
 
-import pytest
-
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -14,7 +12,6 @@ def _block_after(marker):
   return match.group(1)
 
 
-@pytest.mark.usefixtures("fast_compilation")  # the example's values are not asserted tightly
 def test_readme_example_composes_and_trains_one_step():
   namespace = {}
   exec(compile(_block_after("<!-- readme-example -->"), "README-example", "exec"), namespace)

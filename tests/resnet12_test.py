@@ -8,12 +8,6 @@ from jmeta import losses
 from jmeta import testing
 from jmeta.models import resnet12
 
-# Compiling ResNet-12's second-order programs dominates this module (XLA's optimisation passes
-# halve when skipped: 38 s -> 20 s for the batch-norm case on a loaded 2-core machine); the
-# assertions are on values, which the skipped passes do not change beyond float64 rounding.
-pytestmark = pytest.mark.usefixtures("fast_compilation")
-
-
 @pytest.mark.parametrize("norm", ["batch", "group", "none"])
 def test_norm_modes_under_jit_grad_vmap_grad(norm):
   model = resnet12.make(image_size=16, channels=1, width=4, norm=norm, num_groups=2)

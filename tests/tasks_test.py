@@ -13,9 +13,6 @@ from jmeta.data.dataset import Dataset
 NUM_CLASSES, PER_CLASS, H, W = 12, 7, 10, 9
 
 
-pytestmark = pytest.mark.usefixtures("fast_compilation")
-
-
 def make_dataset(num_classes=NUM_CLASSES, per_class=PER_CLASS, *, small_class=None):
   """Odd-shaped images whose pixels encode their class and their index in the dataset.
 
