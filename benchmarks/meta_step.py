@@ -211,7 +211,8 @@ def section_bmssl(args):
             "num_tasks": args.bmssl_tasks,
             "conv_impl": conv_impl, "task_chunk_size": chunk,
             "ms_per_step": round(median * 1e3, 1), "ms_min": round(fastest * 1e3, 1),
-            "tasks_per_s": round(args.bmssl_tasks / median, 2), "compile_s": round(first - median, 1),
+            "tasks_per_s": round(args.bmssl_tasks / median, 2),
+            "compile_s": round(first - median, 1),
             "sampling_ms": round(sampling * 1e3, 1),
             "sampling_share": round(sampling / median, 3)}
         if delta == 0:

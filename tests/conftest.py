@@ -8,8 +8,9 @@ _REPO = pathlib.Path(__file__).resolve().parents[1]
 # multi-host, hardening): with a compilation cache shared by the pytest workers and their
 # subprocesses, a program is compiled once per suite run instead of once per launch (a smoke
 # BMSSL launch: 96 s -> 20 s, measured by running `python -m experiments.train
-# --config=configs/bmssl_omniglot.py:smoke` twice with the same JAX_COMPILATION_CACHE_DIR). Set before jax is imported so this process reads it too;
-# subprocesses inherit it. A cached executable is the same program: results do not change.
+# --config=configs/bmssl_omniglot.py:smoke` twice with the same JAX_COMPILATION_CACHE_DIR).
+# Set before jax is imported so this process reads it too; subprocesses inherit it. A cached
+# executable is the same program: results do not change.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_REPO / ".pytest_cache" / "xla"))
 
 # pylint: disable=wrong-import-position
@@ -43,7 +44,7 @@ def pytest_configure(config):
 
 
 @pytest.fixture(autouse=True)
-def xla_optimizations(request):
+def xla_optimizations(request, monkeypatch):
   """Compile without XLA's optimisation passes unless the test is marked `optimized_xla`.
 
   Compiling dominates most tests (tiny programs run once), and the passes are most of a
@@ -51,8 +52,10 @@ def xla_optimizations(request):
   program runs, not what it computes, so tests of jmeta's values, gradients and plumbing do not
   need them. The modules that check the compiled fast paths, fusion or training speed
   (layers_speed_paths_test, models_test, regression_test) are marked `optimized_xla`.
+  Subprocesses a test launches inherit the same setting through the environment.
   """
   optimized = request.node.get_closest_marker("optimized_xla") is not None
+  monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "0" if optimized else "1")
   previous = jax.config.read("jax_disable_most_optimizations")
   jax.config.update("jax_disable_most_optimizations", not optimized)
   yield

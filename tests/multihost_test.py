@@ -27,10 +27,8 @@ ARGS = ["--config=configs/bmssl_omniglot.py:smoke", "--config.tasks.num_tasks=4"
 
 @pytest.fixture
 def env(data_dir, cache_dir):
-  # Without XLA's optimisation passes (as in experiments_test.py): these tests are about
-  # processes, shards and failures, and every launch compiles its programs again.
   return dict(os.environ, JMETA_DATA_DIR=str(data_dir), JMETA_CACHE_DIR=str(cache_dir),
-              JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1")
+              JAX_PLATFORMS="cpu")
 
 
 def _final_params(workdir):

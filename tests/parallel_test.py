@@ -182,9 +182,7 @@ def _compare_evaluation() -> dict:
 
 
 def test_sharded_update_equals_single_device():
-  # Without XLA's optimisation passes, as the suite compiles (conftest.py): the report compares
-  # sharded and single-device values, which the passes do not change.
-  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="1", PYTHONPATH=os.pathsep.join(
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
       [str(_REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
   completed = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True,
                              timeout=600, check=False)

@@ -8,6 +8,7 @@ from jmeta import losses
 from jmeta import testing
 from jmeta.models import resnet12
 
+
 @pytest.mark.parametrize("norm", ["batch", "group", "none"])
 def test_norm_modes_under_jit_grad_vmap_grad(norm):
   model = resnet12.make(image_size=16, channels=1, width=4, norm=norm, num_groups=2)
