@@ -10,15 +10,15 @@ Evaluate:
 On a CPU, split it into one JAX device per core (as the recorded run):
   XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m experiments.train ...
 
-Expected on a 2-core CPU (docs/RESULTS.md, seed 0, two JAX devices): 800 steps in 30 min, the
-first 24 of them sharing the machine with the test suite (quiet: ≈ 1.5 s/step, ≈ 20 min);
-validation 5-way 1-shot 85% after 100 steps, 89.1 ± 1.1% at the end. Test (Vinyals test
-characters × 4 rotations, 2,000 episodes each): 5w1s 89.9 ± 0.3, 5w5s 96.6 ± 0.1, 20w1s
-74.5 ± 0.2, 20w5s 89.2 ± 0.1; MNIST 5w1s 65.8 ± 0.4, 5w5s 84.4 ± 0.3. Against UMTRA's published
-83.8 / 95.4 / 74.3 / 92.1: above on 5-way, level on 20w1s (+0.2, one interval), 2.9 below on
-20w5s.
+Expected on a 2-core CPU (docs/RESULTS.md, seed 0, two JAX devices): 800 steps in 29 min
+(≈ 1.9-2.0 s/step; the first minutes shared the machine with benchmarks); validation 5-way
+1-shot 85% after 100 steps, 90.3 ± 1.0% at the end. Test (Vinyals test characters × 4
+rotations, 2,000 episodes each): 5w1s 91.0 ± 0.3, 5w5s 97.0 ± 0.1, 20w1s 76.2 ± 0.2, 20w5s
+90.2 ± 0.1; MNIST 5w1s 63.1 ± 0.4, 5w5s 81.7 ± 0.3. Against UMTRA's published 83.8 / 95.4 /
+74.3 / 92.1: above on 5-way and on 20w1s (+1.9), 1.9 below on 20w5s.
 N = 20, T = 4 is the best of the ablations (N = 5, T = 16 before; the 150-step sweep in
-docs/RESULTS.md); L = 1, δ = 1 were chosen for the CPU budget.
+docs/RESULTS.md); training on the rotated characters too is the best change since (+0.4 to
++1.7 on Omniglot, −2.7 on MNIST); L = 1, δ = 1 were chosen for the CPU budget.
 """
 from configs import common
 
@@ -32,6 +32,11 @@ def get_config(arg=None):
   # contrastive loss) learn the most per step, at the same 400 views per step as N = 5, T = 16.
   config.tasks.num_ways = 20
   config.tasks.num_tasks = 4
+  # The train characters' images in all four rotations, still without labels (each rotated image
+  # is just another image to build views-as-classes tasks from). The test classes are characters
+  # x rotations; training on rotated images too gains 0.4-1.7 points on every Omniglot protocol
+  # and costs 2.7 on MNIST (docs/RESULTS.md).
+  config.data.train_rotations = True
   config.inner.num_steps = 1
   config.meta.num_bootstrap_steps = 1
   if arg.smoke:

@@ -50,7 +50,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.train_split = "vinyals_train"
   config.data.eval_split = "vinyals_val"
   config.data.image_size = 28
-  config.data.train_rotations = False  # unsupervised rows learn from the raw characters
+  # Omniglot only (other sources ignore them): add the characters rotated by 90/180/270 degrees,
+  # as more classes (labeled tasks, evaluation) or as more unlabeled images (views-as-classes).
+  config.data.train_rotations = False
   config.data.eval_rotations = True
   config.data.data_dir = ""        # "": $JMETA_DATA_DIR, else the per-user cache directory
   config.data.max_train_images = 0  # 0: all; >0: the first n (smoke tests)

@@ -1,7 +1,7 @@
 r"""BMSSL ablations on 5-way 1-shot (docs/RESULTS.md): train each row briefly, evaluate it.
 
-Every row is `configs/bmssl_omniglot.py` with N = 5, T = 16 (`SWEEP_BASE`), `--steps` outer steps
-and one change. Rows run one after another; a row whose evaluation file exists is skipped, so an
+Every row is `configs/bmssl_omniglot.py` with N = 5, T = 16 and unrotated training images
+(`SWEEP_BASE`: the default when the sweep ran), `--steps` outer steps and one change. Rows run one after another; a row whose evaluation file exists is skipped, so an
 interrupted sweep resumes (a row cut off mid-training resumes from its last checkpoint). Each
 row's command is printed before it runs.
 
@@ -17,9 +17,10 @@ import subprocess
 import sys
 import time
 
-# The sweep's baseline: configs/bmssl_omniglot.py as it was when the sweep ran (N = 5, T = 16;
-# the default moved to N = 20, T = 4 after it). A row's own value of a field replaces this.
-SWEEP_BASE = ["--config.tasks.num_ways=5", "--config.tasks.num_tasks=16"]
+# The sweep's baseline: configs/bmssl_omniglot.py as it was when the sweep ran (N = 5, T = 16,
+# unrotated training images; the default moved to N = 20, T = 4, then to rotated images, after it). A row's own value of a field replaces this.
+SWEEP_BASE = ["--config.tasks.num_ways=5", "--config.tasks.num_tasks=16",
+              "--config.data.train_rotations=False"]
 
 # name -> config overrides on top of the baseline (L = 1, δ = 1, λ = 0.5, KL, S = 2).
 ROWS = {
