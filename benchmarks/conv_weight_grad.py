@@ -1,0 +1,80 @@
+r"""The weight-gradient convolution of `conv_impl="native"` against alternatives, per layer shape.
+
+  python benchmarks/conv_weight_grad.py
+
+One JSON line per (images b, spatial size hw, input channels c) of Conv4 on 28x28 inputs, 64
+output channels: median ms of 50 jitted calls of the forward convolution (`fwd_ms`), the
+weight gradient as the library computes it (`wg_conv_ms`, one canonical XLA convolution), as
+an im2col matmul (`wg_im2col_ms`) and as nine shifted matmuls (`wg_shift_ms`), and the
+alternatives' max relative differences to the library's result. docs/PERFORMANCE.md.
+"""
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jmeta.models import layers as L
+
+
+# Conv4 on 28x28: (images, spatial size, input channels) of each block, support and query sets.
+SHAPES = [(5, 28, 1), (5, 14, 64), (5, 7, 64), (5, 3, 64), (75, 28, 1), (75, 14, 64),
+          (75, 7, 64), (75, 3, 64), (80, 14, 64)]
+
+
+def weight_grad_library(x, g):
+  return L._weight_grad_impl(x, g, size=(3, 3))  # pylint: disable=protected-access
+
+
+def _padded_shifts(x):
+  _, h, w, _ = x.shape
+  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  return [padded[:, dy:dy + h, dx:dx + w, :] for dy in range(3) for dx in range(3)]
+
+
+def weight_grad_im2col(x, g):
+  patches = jnp.stack(_padded_shifts(x), axis=3)  # [b, h, w, 9, c]
+  return jnp.einsum("bhwkc,bhwo->kco", patches, g).reshape(3, 3, x.shape[-1], g.shape[-1])
+
+
+def weight_grad_shifted(x, g):
+  parts = [jnp.einsum("bhwc,bhwo->co", shifted, g) for shifted in _padded_shifts(x)]
+  return jnp.stack(parts).reshape(3, 3, x.shape[-1], g.shape[-1])
+
+
+def forward(x, kernel):
+  return L._conv_impl(x, kernel, size=(3, 3))  # pylint: disable=protected-access
+
+
+def median_ms(fn, *args, calls=50):
+  fn = jax.jit(fn)
+  out = fn(*args).block_until_ready()
+  times = []
+  for _ in range(calls):
+    start = time.perf_counter()
+    fn(*args).block_until_ready()
+    times.append(time.perf_counter() - start)
+  return out, 1e3 * float(np.median(times))
+
+
+def main():
+  for b, hw, c in SHAPES:
+    x = jax.random.normal(jax.random.key(0), (b, hw, hw, c))
+    g = jax.random.normal(jax.random.key(1), (b, hw, hw, 64))
+    kernel = jax.random.normal(jax.random.key(2), (3, 3, c, 64))
+    reference, library_ms = median_ms(weight_grad_library, x, g)
+    im2col, im2col_ms = median_ms(weight_grad_im2col, x, g)
+    shifted, shifted_ms = median_ms(weight_grad_shifted, x, g)
+    _, forward_ms = median_ms(forward, x, kernel)
+    scale = float(jnp.max(jnp.abs(reference)))
+    print(json.dumps({
+        "b": b, "hw": hw, "c": c, "mflop": 2 * b * hw * hw * 9 * c * 64 / 1e6,
+        "fwd_ms": round(forward_ms, 3), "wg_conv_ms": round(library_ms, 3),
+        "wg_im2col_ms": round(im2col_ms, 3), "wg_shift_ms": round(shifted_ms, 3),
+        "err_im": float(jnp.max(jnp.abs(im2col - reference))) / scale,
+        "err_sh": float(jnp.max(jnp.abs(shifted - reference))) / scale}), flush=True)
+
+
+if __name__ == "__main__":
+  main()
