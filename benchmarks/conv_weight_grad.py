@@ -23,28 +23,31 @@ SHAPES = [(5, 28, 1), (5, 14, 64), (5, 7, 64), (5, 3, 64), (75, 28, 1), (75, 14,
           (75, 7, 64), (75, 3, 64), (80, 14, 64)]
 
 
-def weight_grad_library(x, g):
-  return L._weight_grad_impl(x, g, size=(3, 3))  # pylint: disable=protected-access
+def _kernel_gradient(impl):
+  """The gradient w.r.t. the kernel of `layers.conv2d(impl=impl)` for output cotangent g."""
+  def gradient(x, kernel, g):
+    return jax.vjp(lambda k: L.conv2d(x, k, impl=impl), kernel)[1](g)[0]
+  return gradient
 
 
-def _padded_shifts(x):
+# The library's weight gradient ("native": one canonical convolution, the `_weight_grad_p`
+# primitive) and the im2col path's ("matmul": patches^T @ g).
+weight_grad_library = _kernel_gradient("native")
+weight_grad_im2col = _kernel_gradient("matmul")
+
+
+def weight_grad_shifted(x, kernel, g):
+  """Nine matmuls, one per kernel offset, without materialising the patch matrix."""
   _, h, w, _ = x.shape
   padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  return [padded[:, dy:dy + h, dx:dx + w, :] for dy in range(3) for dx in range(3)]
+  parts = [jnp.einsum("bhwc,bhwo->co", padded[:, dy:dy + h, dx:dx + w, :], g)
+           for dy in range(3) for dx in range(3)]
+  return jnp.stack(parts).reshape(kernel.shape)
 
 
-def weight_grad_im2col(x, g):
-  patches = jnp.stack(_padded_shifts(x), axis=3)  # [b, h, w, 9, c]
-  return jnp.einsum("bhwkc,bhwo->kco", patches, g).reshape(3, 3, x.shape[-1], g.shape[-1])
-
-
-def weight_grad_shifted(x, g):
-  parts = [jnp.einsum("bhwc,bhwo->co", shifted, g) for shifted in _padded_shifts(x)]
-  return jnp.stack(parts).reshape(3, 3, x.shape[-1], g.shape[-1])
-
-
-def forward(x, kernel):
-  return L._conv_impl(x, kernel, size=(3, 3))  # pylint: disable=protected-access
+def forward(x, kernel, g):
+  del g
+  return L.conv2d(x, kernel, impl="native")
 
 
 def median_ms(fn, *args, calls=50):
@@ -63,10 +66,10 @@ def main():
     x = jax.random.normal(jax.random.key(0), (b, hw, hw, c))
     g = jax.random.normal(jax.random.key(1), (b, hw, hw, 64))
     kernel = jax.random.normal(jax.random.key(2), (3, 3, c, 64))
-    reference, library_ms = median_ms(weight_grad_library, x, g)
-    im2col, im2col_ms = median_ms(weight_grad_im2col, x, g)
-    shifted, shifted_ms = median_ms(weight_grad_shifted, x, g)
-    _, forward_ms = median_ms(forward, x, kernel)
+    reference, library_ms = median_ms(weight_grad_library, x, kernel, g)
+    im2col, im2col_ms = median_ms(weight_grad_im2col, x, kernel, g)
+    shifted, shifted_ms = median_ms(weight_grad_shifted, x, kernel, g)
+    _, forward_ms = median_ms(forward, x, kernel, g)
     scale = float(jnp.max(jnp.abs(reference)))
     print(json.dumps({
         "b": b, "hw": hw, "c": c, "mflop": 2 * b * hw * hw * 9 * c * 64 / 1e6,
