@@ -4,8 +4,10 @@ r"""The weight-gradient convolution of `conv_impl="native"` against alternatives
 
 One JSON line per (images b, spatial size hw, input channels c) of Conv4 on 28x28 inputs, 64
 output channels: median ms of 50 jitted calls of the forward convolution (`fwd_ms`), the
-weight gradient as the library computes it (`wg_conv_ms`, one canonical XLA convolution), as
-an im2col matmul (`wg_im2col_ms`) and as nine shifted matmuls (`wg_shift_ms`), and the
+weight gradient as the library computes it (`wg_conv_ms`: on CPU one canonical XLA convolution
+per chunk of `layers.CPU_WEIGHT_GRAD_IMAGES_PER_CHUNK` images, summed), as one convolution
+over all images (`wg_one_conv_ms`, the library before 2026-11-30 and on other backends), as an
+im2col matmul (`wg_im2col_ms`) and as nine shifted matmuls (`wg_shift_ms`), and the
 alternatives' max relative differences to the library's result. docs/PERFORMANCE.md.
 """
 import json
@@ -30,10 +32,15 @@ def _kernel_gradient(impl):
   return gradient
 
 
-# The library's weight gradient ("native": one canonical convolution, the `_weight_grad_p`
-# primitive) and the im2col path's ("matmul": patches^T @ g).
+# The library's weight gradient ("native": the `_weight_grad_p` primitive, chunked on CPU) and
+# the im2col path's ("matmul": patches^T @ g).
 weight_grad_library = _kernel_gradient("native")
 weight_grad_im2col = _kernel_gradient("matmul")
+
+
+def weight_grad_one_convolution(x, kernel, g):
+  """The primitive's generic lowering: one canonical convolution over all images."""
+  return L._weight_grad_impl(x, g, size=kernel.shape[:2])  # pylint: disable=protected-access
 
 
 def weight_grad_shifted(x, kernel, g):
@@ -67,6 +74,7 @@ def main():
     g = jax.random.normal(jax.random.key(1), (b, hw, hw, 64))
     kernel = jax.random.normal(jax.random.key(2), (3, 3, c, 64))
     reference, library_ms = median_ms(weight_grad_library, x, kernel, g)
+    one_conv, one_conv_ms = median_ms(weight_grad_one_convolution, x, kernel, g)
     im2col, im2col_ms = median_ms(weight_grad_im2col, x, kernel, g)
     shifted, shifted_ms = median_ms(weight_grad_shifted, x, kernel, g)
     _, forward_ms = median_ms(forward, x, kernel, g)
@@ -74,7 +82,9 @@ def main():
     print(json.dumps({
         "b": b, "hw": hw, "c": c, "mflop": 2 * b * hw * hw * 9 * c * 64 / 1e6,
         "fwd_ms": round(forward_ms, 3), "wg_conv_ms": round(library_ms, 3),
+        "wg_one_conv_ms": round(one_conv_ms, 3),
         "wg_im2col_ms": round(im2col_ms, 3), "wg_shift_ms": round(shifted_ms, 3),
+        "err_one": float(jnp.max(jnp.abs(one_conv - reference))) / scale,
         "err_im": float(jnp.max(jnp.abs(im2col - reference))) / scale,
         "err_sh": float(jnp.max(jnp.abs(shifted - reference))) / scale}), flush=True)
 

@@ -53,6 +53,7 @@ _SHAPES = [  # (B, H, W, C, O, kernel size)
     (2, 6, 9, 2, 4, 5),
     (2, 1, 1, 3, 2, 3),    # Conv4's last block on 28×28 inputs
     (2, 4, 6, 1, 3, 3),    # one input channel, as Conv4's first block
+    (12, 5, 4, 3, 4, 3),   # more images than one chunk of the CPU weight gradient
 ]
 
 
@@ -173,6 +174,26 @@ def test_native_convolutions_stay_canonical_inside_loops():
     bad = [re.sub(r"metadata=.*", "", line) for line in convolutions if not canonical(line)]
     assert not bad, f"task_chunk_size={chunk}: non-canonical convolutions:\n" + "\n".join(bad)
   assert not all(canonical(line) for line in compiled_convolutions("xla", 1))
+
+
+@pytest.mark.parametrize("images", [5, 12, 15])
+def test_cpu_weight_gradient_sums_chunks_of_images(images):
+  """On CPU the weight gradient compiles to one convolution per chunk of images, and their sum
+  equals the one-convolution weight gradient (float64)."""
+  keys = jax.random.split(jax.random.key(images), 2)
+  with jax.enable_x64(True):
+    x = jax.random.normal(keys[0], (images, 6, 5, 3), jnp.float64)
+    cotangent = jax.random.normal(keys[1], (images, 6, 5, 4), jnp.float64)
+    kernel = jnp.zeros((3, 3, 3, 4), jnp.float64)
+
+    def kernel_gradient(conv):
+      return jax.jit(lambda x, g: jax.vjp(lambda k: conv(x, k), kernel)[1](g)[0])
+
+    native = kernel_gradient(_conv("native"))
+    _close(native(x, cotangent), kernel_gradient(_reference_conv)(x, cotangent))
+    text = native.lower(x, cotangent).compile().as_text()
+  chunks = -(-images // layers.CPU_WEIGHT_GRAD_IMAGES_PER_CHUNK)
+  assert sum(" convolution(" in line for line in text.splitlines()) == chunks
 
 
 def test_conv2d_validates_arguments():

@@ -71,6 +71,21 @@ def _weight_grad_impl(x, g, *, size):
   return out.transpose(1, 2, 0, 3)
 
 
+# XLA:CPU leaves the weight-gradient convolution (an H×W kernel over all images) to Eigen, whose
+# time grows faster than linearly in the number of images: at Conv4's query shapes, a sum of
+# convolutions over 5 images at a time takes about half the time of one over all 75
+# (benchmarks/conv_weight_grad.py, docs/PERFORMANCE.md). Other backends get one convolution.
+CPU_WEIGHT_GRAD_IMAGES_PER_CHUNK = 5
+
+
+def _weight_grad_cpu_impl(x, g, *, size):
+  n = CPU_WEIGHT_GRAD_IMAGES_PER_CHUNK
+  out = _weight_grad_impl(x[:n], g[:n], size=size)
+  for start in range(n, x.shape[0], n):
+    out = out + _weight_grad_impl(x[start:start + n], g[start:start + n], size=size)
+  return out
+
+
 _conv_p = Primitive("jmeta_conv2d_same")
 _weight_grad_p = Primitive("jmeta_conv2d_same_weight_grad")
 
@@ -148,6 +163,8 @@ for _prim, _impl, _abstract, _batch in (
   _prim.def_abstract_eval(_abstract)
   mlir.register_lowering(_prim, mlir.lower_fun(_impl, multiple_results=False))
   batching.primitive_batchers[_prim] = _batch
+mlir.register_lowering(
+    _weight_grad_p, mlir.lower_fun(_weight_grad_cpu_impl, multiple_results=False), platform="cpu")
 
 ad.defbilinear(_conv_p,
                lambda ct, x, kernel, size: _native_conv(ct, _flip_t(kernel)),
