@@ -1,6 +1,7 @@
 r"""The weight-gradient convolution of `conv_impl="native"` against alternatives, per layer shape.
 
   python benchmarks/conv_weight_grad.py
+  python benchmarks/conv_weight_grad.py --images_per_chunk=2,5,10,25   # the chunk-size sweep
 
 One JSON line per (images b, spatial size hw, input channels c) of Conv4 on 28x28 inputs, 64
 output channels: median ms of 50 jitted calls of the forward convolution (`fwd_ms`), the
@@ -8,8 +9,11 @@ weight gradient as the library computes it (`wg_conv_ms`: on CPU one canonical X
 per chunk of `layers.CPU_WEIGHT_GRAD_IMAGES_PER_CHUNK` images, summed), as one convolution
 over all images (`wg_one_conv_ms`, the library before 2026-11-30 and on other backends), as an
 im2col matmul (`wg_im2col_ms`) and as nine shifted matmuls (`wg_shift_ms`), and the
-alternatives' max relative differences to the library's result. docs/PERFORMANCE.md.
+alternatives' max relative differences to the library's result. With `--images_per_chunk`,
+instead: per query-set shape, the weight gradient summed over chunks of each given size
+(`wg_chunks_ms`, keyed by images per chunk) against one convolution. docs/PERFORMANCE.md.
 """
+import argparse
 import json
 import time
 
@@ -68,7 +72,30 @@ def median_ms(fn, *args, calls=50):
   return out, 1e3 * float(np.median(times))
 
 
+def chunk_sweep(sizes):
+  for b, hw, c in [shape for shape in SHAPES if shape[0] > max(sizes)]:
+    x = jax.random.normal(jax.random.key(0), (b, hw, hw, c))
+    g = jax.random.normal(jax.random.key(1), (b, hw, hw, 64))
+    kernel = jax.random.normal(jax.random.key(2), (3, 3, c, 64))
+    _, one_conv_ms = median_ms(weight_grad_one_convolution, x, kernel, g)
+    chunks_ms = {}
+    for size in sizes:
+      def chunked(x, kernel, g, size=size):
+        return L._weight_grad_chunked(  # pylint: disable=protected-access
+            x, g, size=kernel.shape[:2], images_per_chunk=size)
+      chunks_ms[size] = round(median_ms(chunked, x, kernel, g)[1], 3)
+    print(json.dumps({"b": b, "hw": hw, "c": c, "wg_one_conv_ms": round(one_conv_ms, 3),
+                      "wg_chunks_ms": chunks_ms}), flush=True)
+
+
 def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--images_per_chunk", default="",
+                      help="comma list of chunk sizes: run the chunk-size sweep instead")
+  args = parser.parse_args()
+  if args.images_per_chunk:
+    chunk_sweep([int(size) for size in args.images_per_chunk.split(",")])
+    return
   for b, hw, c in SHAPES:
     x = jax.random.normal(jax.random.key(0), (b, hw, hw, c))
     g = jax.random.normal(jax.random.key(1), (b, hw, hw, 64))

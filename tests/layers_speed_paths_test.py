@@ -179,7 +179,7 @@ def test_native_convolutions_stay_canonical_inside_loops():
 @pytest.mark.parametrize("images", [5, 12, 15])
 def test_cpu_weight_gradient_sums_chunks_of_images(images):
   """On CPU the weight gradient compiles to one convolution per chunk of images, and their sum
-  equals the one-convolution weight gradient (float64)."""
+  equals the kernel gradient of `lax.conv_general_dilated` (float64)."""
   keys = jax.random.split(jax.random.key(images), 2)
   with jax.enable_x64(True):
     x = jax.random.normal(keys[0], (images, 6, 5, 3), jnp.float64)

@@ -74,16 +74,21 @@ def _weight_grad_impl(x, g, *, size):
 # XLA:CPU leaves the weight-gradient convolution (an H×W kernel over all images) to Eigen, whose
 # time grows faster than linearly in the number of images: at Conv4's query shapes, a sum of
 # convolutions over 5 images at a time takes about half the time of one over all 75
-# (benchmarks/conv_weight_grad.py, docs/PERFORMANCE.md). Other backends get one convolution.
+# (benchmarks/conv_weight_grad.py, docs/PERFORMANCE.md). Other backends, and eager evaluation
+# outside `jit`, get one convolution.
 CPU_WEIGHT_GRAD_IMAGES_PER_CHUNK = 5
 
 
-def _weight_grad_cpu_impl(x, g, *, size):
-  n = CPU_WEIGHT_GRAD_IMAGES_PER_CHUNK
+def _weight_grad_chunked(x, g, *, size, images_per_chunk):
+  n = images_per_chunk
   out = _weight_grad_impl(x[:n], g[:n], size=size)
   for start in range(n, x.shape[0], n):
     out = out + _weight_grad_impl(x[start:start + n], g[start:start + n], size=size)
   return out
+
+
+def _weight_grad_cpu_impl(x, g, *, size):
+  return _weight_grad_chunked(x, g, size=size, images_per_chunk=CPU_WEIGHT_GRAD_IMAGES_PER_CHUNK)
 
 
 _conv_p = Primitive("jmeta_conv2d_same")
