@@ -83,6 +83,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.augment.affine_translate = 0.1
   config.augment.affine_scale = (0.9, 1.1)
   config.augment.erasing_probability = 0.3
+  config.augment.elastic_magnitude = 0.0   # smooth random warp: px std of the displacement; 0: off
+  config.augment.elastic_smoothness = 3.0  # px std of the Gaussian that smooths that warp
 
   # Inner loop
   config.inner = ml_collections.ConfigDict()
@@ -162,6 +164,7 @@ def disable_augmentation(config: ml_collections.ConfigDict) -> ml_collections.Co
   config.augment.affine_translate = 0.0
   config.augment.affine_scale = (1.0, 1.0)
   config.augment.erasing_probability = 0.0
+  config.augment.elastic_magnitude = 0.0
   return config
 
 

@@ -85,6 +85,8 @@ def check_static(config) -> None:
   _within("augment.affine_degrees", config.augment.affine_degrees, low=0, high=180)
   _within("augment.affine_shear", config.augment.affine_shear, low=0, high=90, high_open=True)
   _within("augment.affine_translate", config.augment.affine_translate, low=0, high=1)
+  _within("augment.elastic_magnitude", config.augment.elastic_magnitude, low=0, high=100)
+  _positive("augment.elastic_smoothness", config.augment.elastic_smoothness)
   _choice("inner.adapter", config.inner.adapter, factories.ADAPTERS)
   _positive("inner.step_size", config.inner.step_size)
   _positive("inner.num_steps", config.inner.num_steps, strict=False)

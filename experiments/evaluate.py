@@ -30,6 +30,13 @@ def define_flags():
   flags.DEFINE_integer("seed", 0, "Selects the episodes.")
   flags.DEFINE_enum("adapted", "no", ["no", "yes", "both"],
                     "Classify after an inner loop on the labeled support.")
+  flags.DEFINE_string("adapt_loss", None,
+                      "With --adapted: the inner loop's loss on the labeled support, "
+                      "contrastive | prototype (default: the run's inner.adapter).")
+  flags.DEFINE_integer("adapt_steps", None,
+                       "With --adapted: inner steps on the support (default: the run's L).")
+  flags.DEFINE_float("adapt_step_size", None,
+                     "With --adapted: inner step size (default: the run's α).")
   flags.DEFINE_string("name", None, "Output file suffix (default: from --dataset).")
   flags.DEFINE_enum("conv_impl", "xla", ["xla", "matmul", "native"],
                     "Convolution lowering for evaluation (same values; with one set of weights "
@@ -95,12 +102,15 @@ def load_eval_dataset(spec: str, *, image_size: int, rotations: bool):
                    "digits, tfds:<name>:<split>.")
 
 
-def adapted_classifier(config, model, meta_params, *, num_ways: int):
-  """classify_fn: the config's inner rule on the labeled support, then predictions.
+def adapted_classifier(config, model, meta_params, *, num_ways: int,
+                       inner_overrides: dict | None = None):
+  """`(classify_fn, settings)`: the config's inner rule on the labeled support, then predictions.
 
   Head adapters predict with the head: the meta-learned one when `num_ways` matches training,
   otherwise a zero-initialised head of `num_ways` outputs. Others use cosine prototypes of the
-  adapted encoder.
+  adapted encoder. `inner_overrides` replaces fields of the run's `config.inner` for this
+  evaluation only (`adapter`, `num_steps`, `step_size`; None values keep the run's);
+  `settings` are the values used.
   """
   from experiments import factories
   from jmeta import classifiers
@@ -109,6 +119,12 @@ def adapted_classifier(config, model, meta_params, *, num_ways: int):
   eval_config = copy.deepcopy(config)
   eval_config.unlock()
   eval_config.tasks.num_ways = num_ways
+  for field, value in (inner_overrides or {}).items():
+    if field not in ("adapter", "num_steps", "step_size"):
+      raise ValueError(f"inner_overrides: {field!r} cannot be overridden; allowed: adapter, "
+                       "num_steps, step_size.")
+    if value is not None:
+      eval_config.inner[field] = value
   meta_params = dict(meta_params)
   if config.inner.adapter == "head" and num_ways != config.tasks.num_ways:
     eval_config.inner.adapter = "zero_head"
@@ -122,18 +138,23 @@ def adapted_classifier(config, model, meta_params, *, num_ways: int):
   def classify(key, support, support_labels, query):
     batch = Batch(support, support_labels)
     state, _ = inner.unroll(adapter, key, adapter.init(meta_params), batch,
-                            config.inner.num_steps)
+                            eval_config.inner.num_steps)
     return logits_fn(state.params, batch, query)
 
-  return classify
+  settings = {field: eval_config.inner[field] for field in ("adapter", "num_steps", "step_size")}
+  return classify, settings
 
 
 def evaluate_workdir(workdir: str, *, dataset: str = "omniglot:vinyals_test",
                      rotations: bool = True, ways=(5, 20), shots=(1, 5), num_queries: int = 15,
                      num_episodes: int = 2000, seed: int = 0, adapted: str = "no",
                      progress: bool = True, conv_impl: str | None = "xla",
-                     untrained: bool = False, max_images_per_batch: int = 4000) -> list:
+                     untrained: bool = False, max_images_per_batch: int = 4000,
+                     inner_overrides: dict | None = None) -> list:
   """Every (mode, N, K) protocol on `dataset`; returns rows of dicts.
+
+  With adaptation, `inner_overrides` (see `adapted_classifier`) changes the inner loop run on
+  each episode's labeled support, and each row's "adaptation" records the settings used.
 
   Each protocol runs in batches of at most 50 episodes and `max_images_per_batch` images.
   """
@@ -148,8 +169,11 @@ def evaluate_workdir(workdir: str, *, dataset: str = "omniglot:vinyals_test",
   for use_adaptation in modes:
     for num_ways in ways:
       for num_shots in shots:
+        adaptation = None
         if use_adaptation:
-          classify = adapted_classifier(config, model, meta_params, num_ways=num_ways)
+          classify, adaptation = adapted_classifier(config, model, meta_params,
+                                                    num_ways=num_ways,
+                                                    inner_overrides=inner_overrides)
         else:
           encoder = meta_params["params"]["encoder"]
           classify = evaluate.prototype_classifier(lambda x: model.apply(encoder, x),
@@ -161,7 +185,7 @@ def evaluate_workdir(workdir: str, *, dataset: str = "omniglot:vinyals_test",
             num_queries=num_queries, num_episodes=num_episodes, seed=seed,
             batch_size=batch_size, progress=progress)
         rows.append({"dataset": dataset, "rotations": rotations, "adapted": use_adaptation,
-                     "num_ways": num_ways, "num_shots": num_shots, "num_queries": num_queries,
+                     "adaptation": adaptation, "num_ways": num_ways, "num_shots": num_shots, "num_queries": num_queries,
                      "num_episodes": num_episodes, "seed": seed, "step": step,
                      "accuracy": result.mean, "ci95": result.ci95})
   return rows
@@ -197,7 +221,10 @@ def main(argv):
                           num_queries=FLAGS.queries, num_episodes=FLAGS.episodes,
                           seed=FLAGS.seed, adapted=FLAGS.adapted, conv_impl=FLAGS.conv_impl,
                           untrained=FLAGS.untrained,
-                          max_images_per_batch=FLAGS.max_images_per_batch)
+                          max_images_per_batch=FLAGS.max_images_per_batch,
+                          inner_overrides={"adapter": FLAGS.adapt_loss,
+                                           "num_steps": FLAGS.adapt_steps,
+                                           "step_size": FLAGS.adapt_step_size})
   table = markdown_table(rows)
   print(table)
   name = FLAGS.name or FLAGS.dataset.replace(":", "_")

@@ -56,6 +56,10 @@ def build_model(model_config, *, image_size: int, channels: int):
 def build_augment(augment_config):
   """The per-view augmentation chain; ops whose settings make them the identity are left out."""
   ops = []
+  if augment_config.elastic_magnitude > 0:
+    # First, in the image's own pixels: a different hand drawing the same character.
+    ops.append(augment.random_elastic(magnitude=augment_config.elastic_magnitude,
+                                      smoothness=augment_config.elastic_smoothness))
   if tuple(augment_config.crop_scale) != (1.0, 1.0):
     ops.append(augment.random_resized_crop(scale=tuple(augment_config.crop_scale)))
   if augment_config.flip_probability > 0:

@@ -316,6 +316,70 @@ def random_affine(*, degrees: float = 15.0, shear: float = 10.0, translate: floa
   return fn
 
 
+def random_elastic(*, magnitude: float = 1.0, smoothness: float = 3.0,
+                   probability: float = 1.0, fill: float = 0.0) -> AugmentFn:
+  """Warps the image by a smooth random displacement field (Simard et al. 2003), any C.
+
+  Each pixel samples the input at its own position plus a displacement `(dy, dx)`: Gaussian
+  white noise blurred by a Gaussian of standard deviation `smoothness` pixels and rescaled so
+  that each component has standard deviation `magnitude` pixels. Unlike an affine warp it bends
+  strokes locally, the way two people's drawings of one character differ.
+
+  Args:
+    magnitude: standard deviation of each displacement component in pixels, >= 0.
+    smoothness: standard deviation of the smoothing Gaussian in pixels, > 0; larger values give
+      broader, gentler bends.
+    probability: chance of warping, in [0, 1].
+    fill: value of pixels displaced from outside the image, in [0, 1].
+
+  Returns:
+    `fn(key, image) -> image` mapping `[H, W, C]` to `[H, W, C]`.
+
+  Example:
+    >>> elastic = jax.jit(augment.random_elastic(magnitude=1.5))
+    >>> elastic(jax.random.key(0), jnp.ones((28, 28, 1))).shape
+    (28, 28, 1)
+  """
+  _check_scalar('magnitude', magnitude, low=0.0)
+  _check_scalar('smoothness', smoothness, low=0.0)
+  if smoothness == 0:
+    raise ValueError('smoothness must be > 0, got 0.')
+  _check_probability('probability', probability)
+  _check_scalar('fill', fill, low=0.0, high=1.0)
+  radius = math.ceil(3 * smoothness)
+  offsets = np.arange(-radius, radius + 1)
+  taps = np.exp(-0.5 * (offsets / smoothness) ** 2)
+  taps = taps / taps.sum()
+  # Blurring unit white noise with the separable kernel k_i k_j leaves a standard deviation of
+  # sqrt(sum_ij k_i^2 k_j^2) = sum_i k_i^2 (away from the borders): dividing by it makes the
+  # displacement's standard deviation `magnitude` whatever the smoothness.
+  noise_to_pixels = magnitude / float(np.sum(taps ** 2))
+
+  def smoothing_matrix(size: int) -> np.ndarray:
+    """[size, size]: the reflect-padded 1-D Gaussian blur along one axis as a matrix."""
+    rows = np.zeros((size, size), np.float32)
+    columns = _reflect_indices(np.arange(size)[:, None] + offsets, size)
+    np.add.at(rows, (np.repeat(np.arange(size), offsets.size), columns.reshape(-1)),
+              np.tile(taps, size))
+    return rows
+
+  def warp(key: jax.Array, image: jax.Array) -> jax.Array:
+    height, width = image.shape[:2]
+    noise = jax.random.normal(key, (2, height, width), image.dtype)
+    rows = jnp.asarray(smoothing_matrix(height), image.dtype)
+    cols = jnp.asarray(smoothing_matrix(width), image.dtype)
+    dy, dx = noise_to_pixels * jnp.einsum('ij,djw,vw->div', rows, noise, cols)
+    grid_y, grid_x = _pixel_grid(height, width)
+    return _bilinear(image, grid_y + dy, grid_x + dx, fill=fill)
+
+  def fn(key: PRNGKey, image: jax.Array) -> jax.Array:
+    image = _check_image(image, 'random_elastic')
+    key_noise, key_coin = jax.random.split(key)
+    coin = jax.random.uniform(key_coin)
+    return _apply_with_probability(coin, probability, functools.partial(warp, key_noise), image)
+  return fn
+
+
 def random_erasing(*, probability: float = 0.5, scale: Sequence[float] = (0.02, 0.2),
                    ratio: Sequence[float] = (0.3, 3.3), value: float = 0.0) -> AugmentFn:
   """Sets a random rectangle to `value` with the given probability (Zhong et al., 2020).

@@ -20,6 +20,7 @@ FACTORIES = {
     'random_flip': augment.random_flip,
     'random_rotate90': augment.random_rotate90,
     'random_affine': augment.random_affine,
+    'random_elastic': augment.random_elastic,
     'random_erasing': functools.partial(augment.random_erasing, probability=1.0),
     'color_jitter': functools.partial(augment.color_jitter, probability=1.0),
     'random_grayscale': functools.partial(augment.random_grayscale, probability=0.5),
@@ -216,6 +217,31 @@ def test_affine_fills_outside():
   assert out[6, 6, 0] == pytest.approx(1.0)
 
 
+def test_elastic_zero_magnitude_or_probability_is_identity():
+  image = _image(0, (13, 11, 3))
+  for fn in (augment.random_elastic(magnitude=0.0), augment.random_elastic(probability=0.0)):
+    np.testing.assert_array_equal(jax.jit(fn)(jax.random.key(1), image), image)
+
+
+@pytest.mark.parametrize('magnitude,smoothness', [(1.0, 3.0), (2.0, 2.0)])
+def test_elastic_displacement_has_the_requested_spread(magnitude, smoothness):
+  # On a linear ramp bilinear sampling is exact, so the warped value minus the ramp is the
+  # displacement itself: its standard deviation (over pixels away from the border, whose
+  # reflect padding correlates the noise, and over keys) must be `magnitude` pixels, and the
+  # field must be smooth (neighbouring pixels move together).
+  size = 96
+  ramp = jnp.broadcast_to(jnp.arange(size, dtype=jnp.float32)[None, :, None] / (size - 1),
+                          (size, size, 1))
+  fn = jax.jit(jax.vmap(augment.random_elastic(magnitude=magnitude, smoothness=smoothness),
+                        in_axes=(0, None)))
+  dx = (np.asarray(fn(_keys(64), ramp)) - np.asarray(ramp)) * (size - 1)
+  interior = dx[:, 24:-24, 24:-24, 0]
+  assert abs(interior.mean()) < 0.1 * magnitude
+  np.testing.assert_allclose(interior.std(), magnitude, rtol=0.1)
+  neighbour_correlation = np.corrcoef(interior[:, :, :-1].ravel(), interior[:, :, 1:].ravel())[0, 1]
+  assert neighbour_correlation > 0.8
+
+
 def test_color_jitter_semantics():
   image = _image(11, (12, 10, 3))
   key = jax.random.key(0)
@@ -311,6 +337,10 @@ def test_bad_image_rank_raises():
     (augment.random_affine, {'translate': 1.5}, 'translate'),
     (augment.random_affine, {'scale': (1.2, 0.9)}, 'scale'),
     (augment.random_affine, {'fill': 2.0}, 'fill'),
+    (augment.random_elastic, {'magnitude': -1.0}, 'magnitude'),
+    (augment.random_elastic, {'smoothness': 0.0}, 'smoothness'),
+    (augment.random_elastic, {'probability': 1.5}, 'probability'),
+    (augment.random_elastic, {'fill': -0.5}, 'fill'),
     (augment.random_erasing, {'probability': 2.0}, 'probability'),
     (augment.random_erasing, {'scale': (0.3, 0.1)}, 'scale'),
     (augment.random_erasing, {'ratio': (-1.0, 1.0)}, 'ratio'),

@@ -123,7 +123,7 @@ POSITIVE_INTS = ["num_steps", "data.image_size", "model.width", "model.num_block
 NONNEGATIVE_INTS = ["num_devices", "task_chunk_size", "data.max_train_images", "inner.num_steps",
                     "meta.num_bootstrap_steps", "optimizer.warmup_steps"]
 POSITIVE_FLOATS = ["inner.step_size", "inner.temperature", "meta.temperature",
-                   "optimizer.learning_rate"]
+                   "optimizer.learning_rate", "augment.elastic_smoothness"]
 NONNEGATIVE_FLOATS = ["optimizer.gradient_clip"]
 PROBABILITIES = ["augment.flip_probability", "augment.erasing_probability", "meta.mix"]
 CHOICES = {
@@ -151,6 +151,7 @@ BAD_VALUES = {
     "augment.affine_degrees": _outside(0.0, 180.0),
     "augment.affine_shear": _outside(0.0, 90.0, high_open=True),
     "augment.affine_translate": _outside(0.0, 1.0),
+    "augment.elastic_magnitude": _outside(0.0, 100.0),
     # JAX's default 32-bit keys fold other seeds onto these: seed 2**32 would train like 0.
     "seed": st.integers(max_value=-1) | st.integers(min_value=2**32),
     "eval.seed": st.integers(max_value=-1) | st.integers(min_value=2**32),

@@ -54,6 +54,19 @@ def test_smoke_config_trains_checkpoints_evaluates_and_plots(name, env, tmp_path
                                        num_episodes=4, progress=False,
                                        adapted="no" if config.inner.adapter == "none" else "both")
   assert all(0.0 <= row["accuracy"] <= 1.0 and row["step"] == config.num_steps for row in rows)
+  if name == "bmssl_omniglot":
+    # Zero adaptation steps leave the meta-learned encoder: the same cosine prototypes as
+    # without adaptation, so the same accuracy on the same episodes.
+    zero_steps = evaluate_lib.evaluate_workdir(
+        workdir, ways=(5,), shots=(1,), num_queries=5, num_episodes=4, progress=False,
+        adapted="yes", inner_overrides={"num_steps": 0, "adapter": "prototype"})
+    assert zero_steps[0]["adaptation"] == {"adapter": "prototype", "num_steps": 0,
+                                           "step_size": config.inner.step_size}
+    assert zero_steps[0]["accuracy"] == rows[0]["accuracy"]
+    with pytest.raises(ValueError, match="temperature"):
+      evaluate_lib.evaluate_workdir(workdir, ways=(5,), shots=(1,), num_episodes=1,
+                                    progress=False, adapted="yes",
+                                    inner_overrides={"temperature": 0.1})
   png = plot_lib.plot([workdir], str(tmp_path / "curves.png"))
   assert os.path.getsize(png) > 1000
 
