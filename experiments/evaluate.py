@@ -185,7 +185,8 @@ def evaluate_workdir(workdir: str, *, dataset: str = "omniglot:vinyals_test",
             num_queries=num_queries, num_episodes=num_episodes, seed=seed,
             batch_size=batch_size, progress=progress)
         rows.append({"dataset": dataset, "rotations": rotations, "adapted": use_adaptation,
-                     "adaptation": adaptation, "num_ways": num_ways, "num_shots": num_shots, "num_queries": num_queries,
+                     "adaptation": adaptation, "num_ways": num_ways, "num_shots": num_shots,
+                     "num_queries": num_queries,
                      "num_episodes": num_episodes, "seed": seed, "step": step,
                      "accuracy": result.mean, "ci95": result.ci95})
   return rows
