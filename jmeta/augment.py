@@ -355,19 +355,14 @@ def random_elastic(*, magnitude: float = 1.0, smoothness: float = 3.0,
   # displacement's standard deviation `magnitude` whatever the smoothness.
   noise_to_pixels = magnitude / float(np.sum(taps ** 2))
 
-  def smoothing_matrix(size: int) -> np.ndarray:
-    """[size, size]: the reflect-padded 1-D Gaussian blur along one axis as a matrix."""
-    rows = np.zeros((size, size), np.float32)
-    columns = _reflect_indices(np.arange(size)[:, None] + offsets, size)
-    np.add.at(rows, (np.repeat(np.arange(size), offsets.size), columns.reshape(-1)),
-              np.tile(taps, size))
-    return rows
-
   def warp(key: jax.Array, image: jax.Array) -> jax.Array:
     height, width = image.shape[:2]
     noise = jax.random.normal(key, (2, height, width), image.dtype)
-    rows = jnp.asarray(smoothing_matrix(height), image.dtype)
-    cols = jnp.asarray(smoothing_matrix(width), image.dtype)
+    # The reflect-padded 1-D blurs along each axis as [size, size] matrices (as gaussian_blur).
+    rows = jnp.asarray(np.tensordot(taps, _reflect_tap_matrices(offsets, height), axes=1),
+                       image.dtype)
+    cols = jnp.asarray(np.tensordot(taps, _reflect_tap_matrices(offsets, width), axes=1),
+                       image.dtype)
     dy, dx = noise_to_pixels * jnp.einsum('ij,djw,vw->div', rows, noise, cols)
     grid_y, grid_x = _pixel_grid(height, width)
     return _bilinear(image, grid_y + dy, grid_x + dx, fill=fill)
@@ -608,6 +603,13 @@ def _reflect_indices(index: np.ndarray, size: int) -> np.ndarray:
   return np.where(index >= size, period - index, index)
 
 
+def _reflect_tap_matrices(offsets: np.ndarray, size: int) -> np.ndarray:
+  """[K, size, size] 0/1 matrices: entry (k, i, j) = 1 if tap k (at `offsets[k]`) of output i
+  reads input j under reflect padding; contracting K with taps gives the blur's matrix."""
+  return np.eye(size, dtype=np.float32)[_reflect_indices(np.arange(size)[:, None] + offsets,
+                                                         size)].transpose(1, 0, 2)
+
+
 def gaussian_blur(*, sigma: Sequence[float] = (0.1, 2.0), kernel_size: int | None = None,
                   probability: float = 0.5) -> AugmentFn:
   """Blurs with a Gaussian of random width, with the given probability (any C).
@@ -636,11 +638,6 @@ def gaussian_blur(*, sigma: Sequence[float] = (0.1, 2.0), kernel_size: int | Non
   radius = kernel_size // 2
   offsets = np.arange(-radius, radius + 1)
 
-  def tap_matrices(size: int) -> np.ndarray:
-    """[K, size, size] 0/1 matrices: entry (k, i, j) = 1 if tap k of output i reads input j."""
-    return np.eye(size, dtype=np.float32)[_reflect_indices(np.arange(size)[:, None] + offsets,
-                                                           size)].transpose(1, 0, 2)
-
   def blur(u_sigma: jax.Array, image: jax.Array) -> jax.Array:
     height, width = image.shape[:2]
     std = _lerp(u_sigma, *sigma)
@@ -649,8 +646,8 @@ def gaussian_blur(*, sigma: Sequence[float] = (0.1, 2.0), kernel_size: int | Non
     # The reflect-padded 1-D blur along an axis is a banded [size, size] matrix (the static
     # tap pattern weighted by the sampled taps); two matmuls run on the CPU's GEMM kernels,
     # about 3x faster than summing K shifted slices at 84×84.
-    rows = jnp.tensordot(taps, tap_matrices(height), axes=1)  # [H, H]
-    cols = jnp.tensordot(taps, tap_matrices(width), axes=1)   # [W, W]
+    rows = jnp.tensordot(taps, _reflect_tap_matrices(offsets, height), axes=1)  # [H, H]
+    cols = jnp.tensordot(taps, _reflect_tap_matrices(offsets, width), axes=1)   # [W, W]
     image = jnp.einsum('ij,jwc,vw->ivc', rows, image, cols)
     return jnp.clip(image, 0.0, 1.0)
 
