@@ -19,8 +19,8 @@ Against UMTRA's published 83.8 / 95.4 / 74.3 / 92.1: above on 5-way and on 20w1s
 N = 20, T = 4 is the best of the ablations (N = 5, T = 16 before; the 150-step sweep in
 docs/RESULTS.md); training on the rotated characters too gained +0.4 to +1.7 on Omniglot
 (−2.7 on MNIST); the elastic warp of every view (`augment.elastic_magnitude = 1`) gained
-+0.4 to +1.7 on Omniglot and +4.4 / +7.7 on MNIST on top of that; L = 1, δ = 1 were chosen
-for the CPU budget. Tried on top of the rotated default (before the elastic warp) and not
++0.4 to +1.7 on Omniglot and +4.4 / +7.7 on MNIST on top of that (1.5 px is worse than 1 on
+every protocol); L = 1, δ = 1 were chosen for the CPU budget. Tried on top of the rotated default (before the elastic warp) and not
 better: 1,200 steps, N = 40 with T = 2, S = 3 (docs/RESULTS.md).
 """
 from configs import common
