@@ -20,8 +20,9 @@ N = 20, T = 4 is the best of the ablations (N = 5, T = 16 before; the 150-step s
 docs/RESULTS.md); training on the rotated characters too gained +0.4 to +1.7 on Omniglot
 (−2.7 on MNIST); the elastic warp of every view (`augment.elastic_magnitude = 1`) gained
 +0.4 to +1.7 on Omniglot and +4.4 / +7.7 on MNIST on top of that (1.5 px is worse than 1 on
-every protocol); L = 1, δ = 1 were chosen for the CPU budget. Tried on top of the rotated default (before the elastic warp) and not
-better: 1,200 steps, N = 40 with T = 2, S = 3 (docs/RESULTS.md).
+every protocol); L = 1, δ = 1 were chosen for the CPU budget. Tried on top of the rotated
+default (before the elastic warp) and not better: 1,200 steps, N = 40 with T = 2, S = 3
+(docs/RESULTS.md).
 """
 from configs import common
 
