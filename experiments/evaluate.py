@@ -29,7 +29,9 @@ def define_flags():
   flags.DEFINE_integer("episodes", 2000, "Episodes per protocol.")
   flags.DEFINE_integer("seed", 0, "Selects the episodes.")
   flags.DEFINE_enum("adapted", "no", ["no", "yes", "both"],
-                    "Classify after an inner loop on the labeled support.")
+                    "Classify after an inner loop on the labeled support. On CPU add "
+                    "--conv_impl=native: its weight gradient is far faster (20-way 5-shot, "
+                    "5 steps: 0.8 s per episode against over 3 s with xla).")
   flags.DEFINE_string("adapt_loss", None,
                       "With --adapted: the inner loop's loss on the labeled support, "
                       "contrastive | prototype (default: the run's inner.adapter).")
