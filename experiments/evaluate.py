@@ -16,6 +16,9 @@ from absl import flags
 
 FLAGS = flags.FLAGS
 
+# The fields of the run's `config.inner` an adapted evaluation may override.
+ADAPTATION_FIELDS = ("adapter", "num_steps", "step_size")
+
 
 def define_flags():
   """Command-line flags; defined only when run as a program, so modules import cleanly."""
@@ -104,6 +107,14 @@ def load_eval_dataset(spec: str, *, image_size: int, rotations: bool):
                    "digits, tfds:<name>:<split>.")
 
 
+def _checked_overrides(inner_overrides: dict | None) -> dict:
+  unknown = sorted(set(inner_overrides or {}) - set(ADAPTATION_FIELDS))
+  if unknown:
+    raise ValueError(f"inner_overrides: {unknown} cannot be overridden; allowed: "
+                     f"{list(ADAPTATION_FIELDS)}.")
+  return dict(inner_overrides or {})
+
+
 def adapted_classifier(config, model, meta_params, *, num_ways: int,
                        inner_overrides: dict | None = None):
   """`(classify_fn, settings)`: the config's inner rule on the labeled support, then predictions.
@@ -121,10 +132,7 @@ def adapted_classifier(config, model, meta_params, *, num_ways: int,
   eval_config = copy.deepcopy(config)
   eval_config.unlock()
   eval_config.tasks.num_ways = num_ways
-  for field, value in (inner_overrides or {}).items():
-    if field not in ("adapter", "num_steps", "step_size"):
-      raise ValueError(f"inner_overrides: {field!r} cannot be overridden; allowed: adapter, "
-                       "num_steps, step_size.")
+  for field, value in _checked_overrides(inner_overrides).items():
     if value is not None:
       eval_config.inner[field] = value
   meta_params = dict(meta_params)
@@ -143,7 +151,7 @@ def adapted_classifier(config, model, meta_params, *, num_ways: int,
                             eval_config.inner.num_steps)
     return logits_fn(state.params, batch, query)
 
-  settings = {field: eval_config.inner[field] for field in ("adapter", "num_steps", "step_size")}
+  settings = {field: eval_config.inner[field] for field in ADAPTATION_FIELDS}
   return classify, settings
 
 
@@ -161,6 +169,10 @@ def evaluate_workdir(workdir: str, *, dataset: str = "omniglot:vinyals_test",
   Each protocol runs in batches of at most 50 episodes and `max_images_per_batch` images.
   """
   from jmeta import evaluate
+  overridden = [f for f, v in _checked_overrides(inner_overrides).items() if v is not None]
+  if overridden and adapted == "no":
+    raise ValueError(f"inner_overrides {overridden} (--adapt_loss/--adapt_steps/"
+                     "--adapt_step_size) need adaptation: pass adapted='yes' or 'both'.")
   config, model, adapter, meta_params, step = load_workdir(workdir, conv_impl=conv_impl,
                                                            untrained=untrained)
   eval_set = load_eval_dataset(dataset, image_size=config.data.image_size, rotations=rotations)

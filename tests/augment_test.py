@@ -238,7 +238,8 @@ def test_elastic_displacement_has_the_requested_spread(magnitude, smoothness):
   interior = dx[:, 24:-24, 24:-24, 0]
   assert abs(interior.mean()) < 0.1 * magnitude
   np.testing.assert_allclose(interior.std(), magnitude, rtol=0.1)
-  neighbour_correlation = np.corrcoef(interior[:, :, :-1].ravel(), interior[:, :, 1:].ravel())[0, 1]
+  neighbour_correlation = np.corrcoef(interior[:, :, :-1].ravel(),
+                                      interior[:, :, 1:].ravel())[0, 1]
   assert neighbour_correlation > 0.8
 
 

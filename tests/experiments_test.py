@@ -67,6 +67,9 @@ def test_smoke_config_trains_checkpoints_evaluates_and_plots(name, env, tmp_path
       evaluate_lib.evaluate_workdir(workdir, ways=(5,), shots=(1,), num_episodes=1,
                                     progress=False, adapted="yes",
                                     inner_overrides={"temperature": 0.1})
+    with pytest.raises(ValueError, match="need adaptation"):
+      evaluate_lib.evaluate_workdir(workdir, ways=(5,), shots=(1,), num_episodes=1,
+                                    progress=False, inner_overrides={"num_steps": 3})
   png = plot_lib.plot([workdir], str(tmp_path / "curves.png"))
   assert os.path.getsize(png) > 1000
 
