@@ -13,6 +13,31 @@ _REPO = pathlib.Path(__file__).resolve().parents[1]
 # executable is the same program: results do not change.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_REPO / ".pytest_cache" / "xla"))
 
+
+def _jaxlib_knows_xla_flag(name: str) -> bool:
+  """Whether the installed jaxlib defines XLA flag `name` (an unknown flag in XLA_FLAGS aborts
+  the process, so a flag is only set where this jaxlib still has it)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import mmap  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.find_spec("jaxlib")
+  library = pathlib.Path(spec.origin).parent / "libjax_common.so" if spec and spec.origin else None
+  if library is None or not library.is_file():
+    return False
+  with open(library, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+    return data.find(name.encode()) >= 0
+
+
+# XLA:CPU's newer fusion emitters compile these small test programs about twice as slowly as
+# the classic elemental emitters (a float64 second-order MAML step on `testing.tiny_conv`:
+# 16.8 s -> 10.6 s to compile; tests/core_gradients_test.py + core_train_test.py: 384 s -> 302 s,
+# run side by side). Both are XLA's own code generators for the same HLO; what is computed does
+# not change. Subprocesses inherit the flag.
+_FUSION_EMITTERS_FLAG = "xla_cpu_use_fusion_emitters"
+if (_FUSION_EMITTERS_FLAG not in os.environ.get("XLA_FLAGS", "")
+    and _jaxlib_knows_xla_flag(_FUSION_EMITTERS_FLAG)):
+  os.environ["XLA_FLAGS"] = " ".join(
+      filter(None, [os.environ.get("XLA_FLAGS"), f"--{_FUSION_EMITTERS_FLAG}=false"]))
+
 # pylint: disable=wrong-import-position
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -40,19 +65,22 @@ def cache_dir(tmp_path_factory) -> pathlib.Path:
 
 def pytest_configure(config):
   config.addinivalue_line(
-      "markers", "optimized_xla: compile with XLA's optimisation passes (the suite skips them)")
+      "markers", "optimized_xla: compile with LLVM optimisation (the suite compiles at level 0)")
 
 
 @pytest.fixture(autouse=True)
 def xla_optimizations(request, monkeypatch):
-  """Compile without XLA's optimisation passes unless the test is marked `optimized_xla`.
+  """Compile at LLVM optimisation level 0 unless the test is marked `optimized_xla`.
 
-  Compiling dominates most tests (tiny programs run once), and the passes are most of a
-  compile: a cold smoke BMSSL launch takes 73 s with them and 28 s without. They rewrite how a
-  program runs, not what it computes, so tests of jmeta's values, gradients and plumbing do not
-  need them. The modules that check the compiled fast paths, fusion or training speed
-  (layers_speed_paths_test, models_test, regression_test) are marked `optimized_xla`.
-  Subprocesses a test launches inherit the same setting through the environment.
+  `jax_disable_most_optimizations` lowers XLA's backend (LLVM) optimisation level; the HLO
+  passes (fusion, convolution canonicalisation, algebraic simplification) still run: the
+  compiled HLO of a tiny second-order MAML step is the same text either way. Compiling
+  dominates most tests (tiny programs run once), and LLVM's optimisation is most of a compile:
+  a cold smoke BMSSL launch took 73 s with it and 28 s without. It changes how fast a program
+  runs, not what it computes, so tests of jmeta's values, gradients and plumbing do not need
+  it. Tests that run full-size steps, slow at level 0 (the peer-workload tests of
+  layers_speed_paths_test, regression_test), are marked `optimized_xla`. Subprocesses a test
+  launches inherit the setting through the environment.
   """
   optimized = request.node.get_closest_marker("optimized_xla") is not None
   monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "0" if optimized else "1")

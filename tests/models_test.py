@@ -9,9 +9,6 @@ from jmeta import testing
 from jmeta.models import conv4
 from jmeta.models import layers
 
-# jit against eager is a check of fusion, and conv impls are compared as users run them.
-pytestmark = pytest.mark.optimized_xla
-
 
 # ------------------------------------------------------------------------------------------------
 # Conv4: shapes and validation (shape-only checks use eval_shape: nothing compiles).

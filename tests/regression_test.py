@@ -13,7 +13,7 @@ from experiments import evaluate as evaluate_lib
 from experiments import metrics_log
 from experiments import train as train_lib
 
-# 100 training steps: running them is the cost here, and the passes make the steps fast.
+# 100 training steps: running them is the cost here, and LLVM's optimisation makes them fast.
 pytestmark = pytest.mark.optimized_xla
 
 NUM_STEPS = 100  # 150 steps measured: 52.9% untrained -> 76.5% (300 episodes, ±1.3)
