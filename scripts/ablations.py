@@ -1,10 +1,10 @@
 r"""BMSSL ablations on 5-way 1-shot (docs/RESULTS.md): train each row briefly, evaluate it.
 
-Every row is `configs/bmssl_omniglot.py` with N = 5, T = 16, unrotated training images and no
-elastic warp (`SWEEP_BASE`: the default when the sweep ran), `--steps` outer steps and one
-change. Rows run one after another; a row whose evaluation file exists is skipped, so an
-interrupted sweep resumes (a row cut off mid-training resumes from its last checkpoint). Each
-row's command is printed before it runs.
+Every row is `configs/bmssl_omniglot.py` with N = 5, T = 16, unrotated training images, no
+elastic warp and query τ = 0.1 (`SWEEP_BASE`: the default when the sweep ran), `--steps` outer
+steps and one change. Rows run one after another; a row whose evaluation file exists is
+skipped, so an interrupted sweep resumes (a row cut off mid-training resumes from its last
+checkpoint). Each row's command is printed before it runs.
 
   python scripts/ablations.py --root=/work/runs/ablations --steps=150 --rows=baseline,delta0
   python scripts/ablations.py --root=... --cpu=1   # pin the sweep to core 1 (taskset), 1 device
@@ -22,7 +22,8 @@ import time
 # unrotated training images, no elastic warp; the default moved to N = 20, T = 4, then to
 # rotated images, then to elastic warps, after it). A row's own value of a field replaces this.
 SWEEP_BASE = ["--config.tasks.num_ways=5", "--config.tasks.num_tasks=16",
-              "--config.data.train_rotations=False", "--config.augment.elastic_magnitude=0"]
+              "--config.data.train_rotations=False", "--config.augment.elastic_magnitude=0",
+              "--config.meta.temperature=0.1"]
 
 # name -> config overrides on top of the baseline (L = 1, δ = 1, λ = 0.5, KL, S = 2).
 ROWS = {
