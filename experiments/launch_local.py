@@ -23,13 +23,17 @@ def free_port() -> int:
     return sock.getsockname()[1]
 
 
+def with_cpu_devices(env, count: int) -> dict:
+  """A copy of `env` whose XLA_FLAGS also simulate `count` CPU devices (its other flags kept)."""
+  flags = env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={count}"
+  return dict(env, XLA_FLAGS=flags.strip())
+
+
 def launch(train_args, *, num_processes: int, devices_per_process: int,
            port: int = 0, heartbeat_timeout_seconds: int = 30, env=None) -> int:
   """Runs the processes to completion; returns 0 or the first failing process's exit code."""
   port = port or free_port()
-  env = dict(os.environ if env is None else env)
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
-                      f" --xla_force_host_platform_device_count={devices_per_process}").strip()
+  env = with_cpu_devices(os.environ if env is None else env, devices_per_process)
   env.setdefault("JAX_PLATFORMS", "cpu")
   processes = [
       subprocess.Popen([sys.executable, "-m", "experiments.train",

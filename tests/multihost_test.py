@@ -31,12 +31,6 @@ def env(data_dir, cache_dir):
               JAX_PLATFORMS="cpu")
 
 
-def _with_devices(env, count):
-  """`env` with `count` simulated CPU devices, keeping the XLA flags it already has."""
-  flags = env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={count}"
-  return dict(env, XLA_FLAGS=flags.strip())
-
-
 def _final_params(workdir):
   _, _, _, meta_params, step = evaluate_lib.load_workdir(str(workdir))
   return step, meta_params
@@ -46,7 +40,7 @@ def test_two_processes_equal_one_process_and_read_disjoint_shards(env, tmp_path)
   code = launch_local.launch(ARGS + [f"--workdir={tmp_path / 'multi'}"], num_processes=2,
                              devices_per_process=2, env=env)
   assert code == 0
-  single_env = _with_devices(env, 4)
+  single_env = launch_local.with_cpu_devices(env, 4)
   single = subprocess.run([sys.executable, "-m", "experiments.train", *ARGS,
                            f"--workdir={tmp_path / 'single'}"], cwd=REPO, env=single_env,
                           capture_output=True, text=True, timeout=900)
@@ -87,7 +81,7 @@ def test_killed_process_fails_the_other_in_bounded_time_then_job_resumes(env, tm
                      "--config.eval.every_steps=1000", "--config.eval.num_episodes=2",
                      f"--workdir={workdir}"]
   port = launch_local.free_port()
-  process_env = _with_devices(env, 2)
+  process_env = launch_local.with_cpu_devices(env, 2)
   processes = [subprocess.Popen(
       [sys.executable, "-m", "experiments.train", f"--coordinator_address=127.0.0.1:{port}",
        "--num_processes=2", f"--process_id={index}", "--heartbeat_timeout_seconds=10", *args],
@@ -117,7 +111,7 @@ def _start(index, port, env, *extra):
   return subprocess.Popen(
       [sys.executable, "-m", "experiments.train", f"--coordinator_address=127.0.0.1:{port}",
        "--num_processes=2", f"--process_id={index}", "--initialization_timeout=20", *extra],
-      cwd=REPO, env=_with_devices(env, 2),
+      cwd=REPO, env=launch_local.with_cpu_devices(env, 2),
       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
