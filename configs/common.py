@@ -50,8 +50,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.train_split = "vinyals_train"
   config.data.eval_split = "vinyals_val"
   config.data.image_size = 28
-  # Omniglot only (other sources ignore them): add the characters rotated by 90/180/270 degrees,
-  # as more classes (labeled tasks, evaluation) or as more unlabeled images (views-as-classes).
+  # Omniglot only: add the characters rotated by 90/180/270 degrees, as more classes (labeled
+  # tasks, evaluation) or as more unlabeled images (views-as-classes). Other sources refuse
+  # train_rotations=True and ignore eval_rotations.
   config.data.train_rotations = False
   config.data.eval_rotations = True
   config.data.data_dir = ""        # "": $JMETA_DATA_DIR, else the per-user cache directory

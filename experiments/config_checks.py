@@ -66,6 +66,12 @@ def check_static(config) -> None:
   if source == "omniglot":
     for field in ("train_split", "eval_split"):
       _choice(f"data.{field}", config.data[field], omniglot.SPLITS)
+  elif config.data.train_rotations:
+    # Only Omniglot's loader can add rotated copies; elsewhere the run would silently train on
+    # the unrotated images. (eval_rotations defaults to True, so it cannot be refused the same
+    # way; its comment in configs/common.py says other sources ignore it.)
+    raise ConfigError(f"data.train_rotations=True needs data.source='omniglot' (got "
+                      f"{source!r}); set data.train_rotations=False.")
   _positive("data.image_size", config.data.image_size)
   _positive("data.max_train_images", config.data.max_train_images, strict=False)
   _choice("model.name", config.model.name, factories.MODELS)

@@ -173,7 +173,7 @@ def invalid_combinations(draw):
       "image_too_small_for_conv4", "image_too_small_for_resnet12", "group_norm_width",
       "adapt_matches_nothing", "more_ways_than_classes", "more_ways_than_images",
       "class_too_small", "more_eval_ways_than_classes", "eval_class_too_small",
-      "more_devices_than_present"]))
+      "more_devices_than_present", "rotations_without_omniglot"]))
   bootstrap = {"meta.objective": "bootstrap", "meta.classifier": "prototype"}
   if case == "contrastive_one_support":
     return dict(bootstrap, **{"inner.adapter": "contrastive", "tasks.num_support": 1}), \
@@ -192,6 +192,9 @@ def invalid_combinations(draw):
         "meta.classifier"
   if case == "bmg_without_bootstrap":
     return {"meta.bmg_query_step": True, "meta.num_bootstrap_steps": 0}, "meta.bmg_query_step"
+  if case == "rotations_without_omniglot":
+    return {"data.source": draw(st.sampled_from(["mnist", "digits", "tfds:mnist"])),
+            "data.train_rotations": True}, "data.train_rotations"
   if case == "tasks_not_divisible_by_chunk":
     chunk = draw(st.integers(2, 8))
     tasks = chunk * draw(st.integers(0, 8)) + draw(st.integers(1, chunk - 1))
