@@ -9,10 +9,11 @@ Sections (`--sections`, comma list; default all):
   bmssl    meta.bmssl on unsupervised tasks sampled and augmented inside the jitted step
            (train.make_update): Conv4 on 28x28, N in --bmssl_ways views-as-classes, S=2, Q=3,
            L=--bmssl_inner_steps, delta in --bmssl_deltas, T=--bmssl_tasks (defaults: the default
-           config's N=20, L=1, T=4), per
+           config's N=20, L=1, T=4, its augmentations, temperatures and BMG query step), per
            --bmssl_paths; the share of the step spent sampling + augmenting (the sampler jitted
-           alone); for delta > 0 the budget: the delta=0 step + delta first-order inner steps +
-           the target's predictions.
+           alone); for delta > 0 the budget: the delta=0 step + delta first-order inner steps
+           (the last one a query cross-entropy step with --bmssl_query_step) + the target's
+           predictions.
   memory   peak memory of one so meta-gradient vs inner steps L in {1, 5, 10, 20}, with and
            without remat: XLA's compiled memory_analysis (temp + arguments + outputs) and the
            ru_maxrss of a subprocess that runs it once.
@@ -110,20 +111,23 @@ def section_peer(args, peak):
 # BMSSL: unsupervised tasks sampled + augmented inside the step.
 
 
-def _bmssl_setup(num_ways, num_inner_steps, delta, conv_impl, num_tasks, image_pool=2000):
+def _bmssl_setup(num_ways, num_inner_steps, delta, conv_impl, num_tasks, query_step,
+                 image_pool=2000):
   import jax
   import numpy as np
   import optax
-  from jmeta import augment, meta, models, tasks, train
+  from configs import bmssl_omniglot
+  from experiments import factories
+  from jmeta import meta, models, tasks, train
+  config = bmssl_omniglot.get_config()
   model = models.conv4.make(image_size=28, channels=1, width=64, num_blocks=4, norm="batch",
                             conv_impl=conv_impl)
-  adapter, objective = meta.bmssl(model.apply, num_ways=num_ways, step_size=0.1,
-                                  num_inner_steps=num_inner_steps, num_bootstrap_steps=delta,
-                                  mix=0.5, extra_metrics=False)
-  augment_fn = augment.chain(  # configs/common.py's Omniglot-style views
-      augment.random_resized_crop(scale=(0.6, 1.0)),
-      augment.random_affine(degrees=15.0, shear=10.0, translate=0.1, scale=(0.9, 1.1)),
-      augment.random_erasing(probability=0.3))
+  adapter, objective = meta.bmssl(
+      model.apply, num_ways=num_ways, step_size=config.inner.step_size,
+      num_inner_steps=num_inner_steps, num_bootstrap_steps=delta, mix=config.meta.mix,
+      inner_temperature=config.inner.temperature, temperature=config.meta.temperature,
+      bmg_query_step=query_step and delta > 0, extra_metrics=False)
+  augment_fn = factories.build_augment(config.augment)  # the default config's views
   sample = functools.partial(tasks.sample_unsupervised_tasks, num_tasks=num_tasks,
                              num_ways=num_ways, num_support=2, num_queries=3,
                              augment_fn=augment_fn)
@@ -139,17 +143,25 @@ def _bootstrap_parts_ms(model, adapter, sample, images, meta_params, num_ways, c
                         num_steps):
   """What the bootstrap adds, timed alone over the T tasks (as the step runs them, no outer
   gradient): one first-order inner step (SupCon forward + backward on the support, SGD), of
-  which the target takes δ, and the target's predictions (prototype logits: a forward pass on
-  support and query)."""
+  which the target takes δ (δ − 1 with the BMG query step); one first-order step on the query
+  cross-entropy (forward + backward on support and query, SGD), the query step's cost; and the
+  target's predictions (prototype logits: a forward pass on support and query)."""
   import jax
-  from jmeta import classifiers, inner
+  from configs import bmssl_omniglot
+  from jmeta import classifiers, inner, losses
   from jmeta.types import Batch
   logits_fn = classifiers.prototype(model.apply, num_ways=num_ways, distance="cosine",
-                                    temperature=0.1)
+                                    temperature=bmssl_omniglot.get_config().meta.temperature)
 
   def inner_step(task):
     state, _ = inner.update(adapter, jax.random.key(0), adapter.init(meta_params),
                             Batch(task.support, task.support_labels))
+    return state.params
+
+  def query_step(task):
+    support = Batch(task.support, task.support_labels)
+    state, _ = adapter.step(adapter.init(meta_params), lambda params: (losses.cross_entropy(
+        logits_fn(params, support, task.query), task.query_labels), {}))
     return state.params
 
   def predictions(task):
@@ -158,7 +170,7 @@ def _bootstrap_parts_ms(model, adapter, sample, images, meta_params, num_ways, c
 
   batch = jax.jit(sample)(jax.random.key(0), images)
   times = []
-  for per_task in (inner_step, predictions):
+  for per_task in (inner_step, query_step, predictions):
     run = (jax.jit(lambda tasks, f=per_task: jax.lax.map(f, tasks)) if chunk
            else jax.jit(jax.vmap(per_task)))
     _, median, _ = _time_steps(lambda i, run=run: jax.block_until_ready(run(batch)), num_steps)
@@ -170,7 +182,8 @@ def section_bmssl(args):
   """BMSSL's step for δ in --bmssl_deltas, and the bootstrap's cost against its budget.
 
   The budget of δ bootstrap steps is the δ = 0 step plus δ first-order inner steps (the target
-  is the adapted model moved δ more steps, held fixed) plus the target's predictions (the δ = 0
+  is the adapted model moved δ more steps, held fixed; with --bmssl_query_step the last of them
+  is a step on the query cross-entropy instead) plus the target's predictions (the δ = 0
   step's target is the adapted model itself, whose predictions it has already computed);
   `over_budget_ms` > 0 is overhead beyond that.
   """
@@ -185,7 +198,8 @@ def section_bmssl(args):
       baseline_ms = None
       for delta in args.bmssl_deltas:
         model, adapter, objective, optimizer, sample, images, state = _bmssl_setup(
-            num_ways, args.bmssl_inner_steps, delta, conv_impl, args.bmssl_tasks)
+            num_ways, args.bmssl_inner_steps, delta, conv_impl, args.bmssl_tasks,
+            args.bmssl_query_step)
         update = train.make_update(objective, optimizer, sample_tasks=sample,
                                    num_tasks=args.bmssl_tasks,
                                    task_chunk_size=chunk)
@@ -207,7 +221,8 @@ def section_bmssl(args):
         sampling = statistics.median(times)
         record = {
             "section": "bmssl", "num_ways": num_ways, "num_support": 2, "num_queries": 3,
-            "delta": delta, "inner_steps": args.bmssl_inner_steps,
+            "delta": delta, "bmg_query_step": args.bmssl_query_step and delta > 0,
+            "inner_steps": args.bmssl_inner_steps,
             "num_tasks": args.bmssl_tasks,
             "conv_impl": conv_impl, "task_chunk_size": chunk,
             "ms_per_step": round(median * 1e3, 1), "ms_min": round(fastest * 1e3, 1),
@@ -218,11 +233,14 @@ def section_bmssl(args):
         if delta == 0:
           baseline_ms = median * 1e3
         elif baseline_ms is not None:
-          inner_ms, predictions_ms = _bootstrap_parts_ms(
+          inner_ms, query_step_ms, predictions_ms = _bootstrap_parts_ms(
               model, adapter, sample, images, holder["state"].meta_params, num_ways, chunk,
               args.steps)
-          budget = baseline_ms + delta * inner_ms + predictions_ms
+          query_steps = int(args.bmssl_query_step)
+          budget = (baseline_ms + (delta - query_steps) * inner_ms + query_steps * query_step_ms
+                    + predictions_ms)
           record.update(first_order_inner_step_ms=round(inner_ms, 1),
+                        query_step_ms=round(query_step_ms, 1),
                         target_predictions_ms=round(predictions_ms, 1),
                         budget_ms=round(budget, 1),
                         over_budget_ms=round(median * 1e3 - budget, 1))
@@ -352,6 +370,9 @@ def main(argv=None):
                       help="bmssl section: L (configs/bmssl_omniglot.py: 1)")
   parser.add_argument("--bmssl_deltas", type=lambda v: [int(n) for n in v.split(",")],
                       default=[0, 1, 5], help="bmssl section: δ values; 0 first (the budget)")
+  parser.add_argument("--bmssl_query_step", action=argparse.BooleanOptionalAction,
+                      help="bmssl section: the last bootstrap step is on the query "
+                      "cross-entropy (default: configs/bmssl_omniglot.py's meta.bmg_query_step)")
   parser.add_argument("--bmssl_paths", type=lambda v: v.split(","), default=["native:1"],
                       help="bmssl section: CONV_IMPL:CHUNK list; CHUNK 'all' vmaps every task "
                       "(default: the config's native convolutions, one task per chunk)")
@@ -364,6 +385,9 @@ def main(argv=None):
   if args.scaling_worker:
     print(json.dumps(_scaling_worker(args)), flush=True)
     return
+  if args.bmssl_query_step is None:
+    from configs import bmssl_omniglot  # pylint: disable=import-outside-toplevel
+    args.bmssl_query_step = bmssl_omniglot.get_config().meta.bmg_query_step
   sections = args.sections.split(",")
   needs_peers = {"peer", "memory", "scaling"} & set(sections)
   if needs_peers and not os.path.isfile(os.path.join(args.peers_dir, "workload.py")):

@@ -105,7 +105,9 @@ def check_static(config) -> None:
   if not 0 <= config.meta.mix <= 1:
     raise ConfigError(f"meta.mix={config.meta.mix!r} (λ) must be in [0, 1].")
   if config.meta.bmg_query_step and config.meta.num_bootstrap_steps < 1:
-    raise ConfigError("meta.bmg_query_step=True needs meta.num_bootstrap_steps >= 1.")
+    raise ConfigError("meta.bmg_query_step=True needs meta.num_bootstrap_steps >= 1 (the query "
+                      "step is the last bootstrap step); without a bootstrap (δ = 0) set "
+                      "meta.bmg_query_step=False.")
   if config.meta.objective == "bootstrap":
     if config.inner.adapter == "none":
       raise ConfigError("inner.adapter='none' needs meta.objective 'protonet' or 'simclr'; "

@@ -20,10 +20,11 @@ import time
 
 # The sweep's baseline: configs/bmssl_omniglot.py as it was when the sweep ran (N = 5, T = 16,
 # unrotated training images, no elastic warp; the default moved to N = 20, T = 4, then to
-# rotated images, then to elastic warps, after it). A row's own value of a field replaces this.
+# rotated images, then to elastic warps, a query temperature of 0.05 and BMG's query step,
+# after it). A row's own value of a field replaces this.
 SWEEP_BASE = ["--config.tasks.num_ways=5", "--config.tasks.num_tasks=16",
               "--config.data.train_rotations=False", "--config.augment.elastic_magnitude=0",
-              "--config.meta.temperature=0.1"]
+              "--config.meta.temperature=0.1", "--config.meta.bmg_query_step=False"]
 
 # name -> config overrides on top of the baseline (L = 1, δ = 1, λ = 0.5, KL, S = 2).
 ROWS = {

@@ -287,7 +287,8 @@ def small_valid_overrides(draw):
   }
   if algorithm in ("protonet", "simclr"):
     overrides.update({"meta.objective": algorithm, "inner.adapter": "none",
-                      "inner.num_steps": 0, "meta.num_bootstrap_steps": 0})
+                      "inner.num_steps": 0, "meta.num_bootstrap_steps": 0,
+                      "meta.bmg_query_step": False})
     return overrides
   bootstrap_steps = draw(st.integers(0, 2))
   overrides.update({
