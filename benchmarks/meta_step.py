@@ -111,15 +111,13 @@ def section_peer(args, peak):
 # BMSSL: unsupervised tasks sampled + augmented inside the step.
 
 
-def _bmssl_setup(num_ways, num_inner_steps, delta, conv_impl, num_tasks, query_step,
+def _bmssl_setup(config, num_ways, num_inner_steps, delta, conv_impl, num_tasks, query_step,
                  image_pool=2000):
   import jax
   import numpy as np
   import optax
-  from configs import bmssl_omniglot
   from experiments import factories
   from jmeta import meta, models, tasks, train
-  config = bmssl_omniglot.get_config()
   model = models.conv4.make(image_size=28, channels=1, width=64, num_blocks=4, norm="batch",
                             conv_impl=conv_impl)
   adapter, objective = meta.bmssl(
@@ -139,19 +137,18 @@ def _bmssl_setup(num_ways, num_inner_steps, delta, conv_impl, num_tasks, query_s
   return model, adapter, objective, optimizer, sample, images, state
 
 
-def _bootstrap_parts_ms(model, adapter, sample, images, meta_params, num_ways, chunk,
-                        num_steps):
+def _bootstrap_parts_ms(model, adapter, sample, images, meta_params, num_ways, temperature,
+                        chunk, num_steps):
   """What the bootstrap adds, timed alone over the T tasks (as the step runs them, no outer
   gradient): one first-order inner step (SupCon forward + backward on the support, SGD), of
   which the target takes δ (δ − 1 with the BMG query step); one first-order step on the query
   cross-entropy (forward + backward on support and query, SGD), the query step's cost; and the
   target's predictions (prototype logits: a forward pass on support and query)."""
   import jax
-  from configs import bmssl_omniglot
   from jmeta import classifiers, inner, losses
   from jmeta.types import Batch
   logits_fn = classifiers.prototype(model.apply, num_ways=num_ways, distance="cosine",
-                                    temperature=bmssl_omniglot.get_config().meta.temperature)
+                                    temperature=temperature)
 
   def inner_step(task):
     state, _ = inner.update(adapter, jax.random.key(0), adapter.init(meta_params),
@@ -188,7 +185,11 @@ def section_bmssl(args):
   `over_budget_ms` > 0 is overhead beyond that.
   """
   import jax
+  from configs import bmssl_omniglot
   from jmeta import train
+  config = bmssl_omniglot.get_config()  # the default run's views, temperatures, query step
+  query_step = (config.meta.bmg_query_step if args.bmssl_query_step is None
+                else args.bmssl_query_step)
   paths = []
   for path in args.bmssl_paths:
     impl, _, chunk = path.partition(":")
@@ -198,8 +199,8 @@ def section_bmssl(args):
       baseline_ms = None
       for delta in args.bmssl_deltas:
         model, adapter, objective, optimizer, sample, images, state = _bmssl_setup(
-            num_ways, args.bmssl_inner_steps, delta, conv_impl, args.bmssl_tasks,
-            args.bmssl_query_step)
+            config, num_ways, args.bmssl_inner_steps, delta, conv_impl, args.bmssl_tasks,
+            query_step)
         update = train.make_update(objective, optimizer, sample_tasks=sample,
                                    num_tasks=args.bmssl_tasks,
                                    task_chunk_size=chunk)
@@ -221,7 +222,7 @@ def section_bmssl(args):
         sampling = statistics.median(times)
         record = {
             "section": "bmssl", "num_ways": num_ways, "num_support": 2, "num_queries": 3,
-            "delta": delta, "bmg_query_step": args.bmssl_query_step and delta > 0,
+            "delta": delta, "bmg_query_step": query_step and delta > 0,
             "inner_steps": args.bmssl_inner_steps,
             "num_tasks": args.bmssl_tasks,
             "conv_impl": conv_impl, "task_chunk_size": chunk,
@@ -234,9 +235,9 @@ def section_bmssl(args):
           baseline_ms = median * 1e3
         elif baseline_ms is not None:
           inner_ms, query_step_ms, predictions_ms = _bootstrap_parts_ms(
-              model, adapter, sample, images, holder["state"].meta_params, num_ways, chunk,
-              args.steps)
-          query_steps = int(args.bmssl_query_step)
+              model, adapter, sample, images, holder["state"].meta_params, num_ways,
+              config.meta.temperature, chunk, args.steps)
+          query_steps = int(query_step)
           budget = (baseline_ms + (delta - query_steps) * inner_ms + query_steps * query_step_ms
                     + predictions_ms)
           record.update(first_order_inner_step_ms=round(inner_ms, 1),
@@ -385,9 +386,6 @@ def main(argv=None):
   if args.scaling_worker:
     print(json.dumps(_scaling_worker(args)), flush=True)
     return
-  if args.bmssl_query_step is None:
-    from configs import bmssl_omniglot  # pylint: disable=import-outside-toplevel
-    args.bmssl_query_step = bmssl_omniglot.get_config().meta.bmg_query_step
   sections = args.sections.split(",")
   needs_peers = {"peer", "memory", "scaling"} & set(sections)
   if needs_peers and not os.path.isfile(os.path.join(args.peers_dir, "workload.py")):
