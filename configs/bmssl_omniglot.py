@@ -25,11 +25,11 @@ to +3.3 on Omniglot and +2.6 / +2.7 on MNIST on top of that; BMG's query step as
 bootstrap step (`meta.bmg_query_step`) instead of one more contrastive step gained +0.2 to
 +1.9 on Omniglot (MNIST −0.6 / −0.3) on top of that, for ≈ 18% more time per step; L = 1,
 δ = 1 were chosen for the CPU budget. Without the bootstrap (δ = 0, 950 steps in ≈ 31 min)
-this config averages 94.7 / 98.5 / 83.8 / 94.8 over two seeds against 94.6 / 98.5 / 83.6 / 94.8 with it (docs/RESULTS.md):
-level, within the seed-to-seed spread; on MNIST the bootstrap is +0.8 / +0.7 ahead (73.9 / 89.5
-against 73.2 / 88.8). At this budget it neither pays for its time on Omniglot nor costs. Tried on top of the rotated
-default (before the elastic warp) and not better: 1,200 steps, N = 40 with T = 2, S = 3
-(docs/RESULTS.md).
+this config averages 94.7 / 98.5 / 83.8 / 94.8 over two seeds against 94.6 / 98.5 / 83.6 /
+94.8 with it (docs/RESULTS.md): level, within the seed-to-seed spread; on MNIST the bootstrap
+is +0.8 / +0.7 ahead (73.9 / 89.5 against 73.2 / 88.8). At this budget it neither pays for its
+time on Omniglot nor costs. Tried on top of the rotated default (before the elastic warp) and
+not better: 1,200 steps, N = 40 with T = 2, S = 3 (docs/RESULTS.md).
 """
 from configs import common
 
