@@ -216,25 +216,62 @@ def conv2d(x: jax.Array, kernel: jax.Array, bias: Optional[jax.Array] = None, *,
   return out
 
 
+def _pool_windows(x: jax.Array) -> jax.Array:
+  """`[B, H, W, C]` -> `[B, H//2, 2, W//2, 2, C]` (odd trailing rows/columns dropped)."""
+  batch, height, width, channels = x.shape
+  h, w = height // 2, width // 2
+  if (height, width) != (2 * h, 2 * w):
+    x = x[:, :2 * h, :2 * w, :]
+  return x.reshape(batch, h, 2, w, 2, channels)
+
+
+def _first_max(windows: jax.Array):
+  """Each window's maximum and a one-hot `[B, h, 2, w, 2, C]` mask of its first argmax
+  (row-major, as `jnp.argmax`; NaN counts as the maximum, as in XLA's max)."""
+  def keeps_first(a, b):
+    return (a >= b) | jnp.isnan(a)
+
+  top_left, top_right = windows[:, :, 0, :, 0], windows[:, :, 0, :, 1]
+  bottom_left, bottom_right = windows[:, :, 1, :, 0], windows[:, :, 1, :, 1]
+  top_keeps_left = keeps_first(top_left, top_right)
+  bottom_keeps_left = keeps_first(bottom_left, bottom_right)
+  top = jnp.where(top_keeps_left, top_left, top_right)
+  bottom = jnp.where(bottom_keeps_left, bottom_left, bottom_right)
+  keeps_top = keeps_first(top, bottom)
+  keeps_left = jnp.where(keeps_top, top_keeps_left, bottom_keeps_left)
+  row = jnp.where(keeps_top, 0, 1)[:, :, None, :, None, :]
+  column = jnp.where(keeps_left, 0, 1)[:, :, None, :, None, :]
+  index = jnp.arange(2)
+  mask = (row == index[:, None, None, None]) & (column == index[:, None])
+  return jnp.where(keeps_top, top, bottom), mask
+
+
+@jax.custom_jvp
 def max_pool2x2(x: jax.Array) -> jax.Array:
   """2×2 max-pool, stride 2, floor ('VALID'): `[B, H, W, C]` -> `[B, H//2, W//2, C]`.
 
-  The gradient goes to the first argmax of each window (row-major order, as `jnp.argmax`), chosen
-  by a chain of `where`s. `x.max(axis=...)` would route it by testing `x == max` instead, and
-  under `jit` XLA may recompute `x` in another fusion with different rounding (batch norm's
-  rsqrt), so the test fails and the gradient is silently lost: seen under jit(vmap(grad)) with
-  norm="batch" (tests/models_test.py). A `where` always sends the whole gradient to one operand.
-  The chain is one fused elementwise pass (no stacked copy of the windows).
+  The gradient goes to the first argmax of each window (row-major order, as `jnp.argmax`).
+  The derivative is written out (`custom_jvp`): the tangent is the windows' tangents summed under
+  a one-hot mask of the winners, so its transpose is a broadcast of the pooled cotangent under
+  the same mask — one elementwise pass at every derivative order. Plain autodiff of a chain of
+  `where`s over the four strided window slices instead transposes each slice into a `pad`, and
+  XLA:CPU ran those four pads and their sum at a fraction of memory speed (the largest
+  non-convolution cost of the second-order MAML step; docs/PERFORMANCE.md).
+  `x.max(axis=...)` would route the gradient by testing `x == max`, and under `jit` XLA may
+  recompute `x` in another fusion with different rounding (batch norm's rsqrt), so the test
+  fails and the gradient is silently lost (seen under jit(vmap(grad)) with norm="batch",
+  tests/models_test.py); the mask here is one-hot by construction.
   """
-  batch, height, width, channels = x.shape
-  h, w = height // 2, width // 2
-  x = x[:, :2 * h, :2 * w, :].reshape(batch, h, 2, w, 2, channels)
-  top_left, top_right = x[:, :, 0, :, 0], x[:, :, 0, :, 1]
-  bottom_left, bottom_right = x[:, :, 1, :, 0], x[:, :, 1, :, 1]
-  def first_max(a, b):  # NaN wins, as in XLA's max
-    return jnp.where((a >= b) | jnp.isnan(a), a, b)
+  return _first_max(_pool_windows(x))[0]
 
-  return first_max(first_max(top_left, top_right), first_max(bottom_left, bottom_right))
+
+@max_pool2x2.defjvp
+def _max_pool2x2_jvp(primals, tangents):
+  (x,), (tangent,) = primals, tangents
+  mask = _first_max(_pool_windows(x))[1]
+  # The primal through `max_pool2x2` itself, so that differentiating this rule (second-order
+  # derivatives) uses the rule again instead of autodiff of the `where` chain.
+  return max_pool2x2(x), jnp.sum(jnp.where(mask, _pool_windows(tangent), 0), axis=(2, 4))
 
 
 def normalize(x: jax.Array, scale: Optional[jax.Array], offset: Optional[jax.Array], *,
