@@ -34,3 +34,22 @@ def test_training_wall_clock_sums_the_launches_of_a_resumed_run(walls, expected)
   lines = [{"step": i, "wall_s": wall} for i, wall in enumerate(walls)]
   lines.insert(1, {"step": 0, "eval_accuracy": 0.5})  # lines without wall_s are skipped
   assert results_table.training_seconds(lines) == pytest.approx(expected)
+
+
+def test_profile_sums_operation_times_per_step_and_skips_executor_and_python_spans(tmp_path):
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+  import gzip  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  import profile_step  # pylint: disable=g-import-not-at-top
+  events = [{"ph": "X", "name": "ynn_fusion.3", "dur": 4000},
+            {"ph": "X", "name": "ynn_fusion.3", "dur": 2000},
+            {"ph": "X", "name": "bitcast_select_fusion.12", "dur": 1000},
+            {"ph": "X", "name": "ThunkExecutor::Execute", "dur": 9000},
+            {"ph": "X", "name": "$jmeta_peer.py:161 step", "dur": 9000},
+            {"ph": "i", "name": "ynn_fusion.3", "dur": 7000}]  # not a complete event
+  trace = tmp_path / "host.trace.json.gz"
+  with gzip.open(trace, "wt") as f:
+    json.dump({"traceEvents": events}, f)
+  total, calls = profile_step.operation_times(str(trace), num_steps=2)
+  assert dict(total) == pytest.approx({"ynn_fusion.3": 3.0, "bitcast_select_fusion.12": 0.5})
+  assert dict(calls) == pytest.approx({"ynn_fusion.3": 1.0, "bitcast_select_fusion.12": 0.5})
