@@ -1,11 +1,17 @@
-"""The scripts behind docs/RESULTS.md: the ablation sweep's commands and the table's wall-clock."""
+"""The scripts behind docs/RESULTS.md (the ablation sweep's commands, the table's wall-clock) and
+docs/PERFORMANCE.md's profile (`benchmarks/profile_step.py`)."""
+import gzip
+import json
 import pathlib
 import sys
 
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "scripts"))
+_REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(_REPO / "scripts"))
+sys.path.insert(0, str(_REPO / "benchmarks"))
 import ablations  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+import profile_step  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 import results_table  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -37,10 +43,6 @@ def test_training_wall_clock_sums_the_launches_of_a_resumed_run(walls, expected)
 
 
 def test_profile_sums_operation_times_per_step_and_skips_executor_and_python_spans(tmp_path):
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
-  import gzip  # pylint: disable=g-import-not-at-top
-  import json  # pylint: disable=g-import-not-at-top
-  import profile_step  # pylint: disable=g-import-not-at-top
   events = [{"ph": "X", "name": "ynn_fusion.3", "dur": 4000},
             {"ph": "X", "name": "ynn_fusion.3", "dur": 2000},
             {"ph": "X", "name": "bitcast_select_fusion.12", "dur": 1000},
