@@ -246,7 +246,6 @@ def _first_max(windows: jax.Array):
   return jnp.where(keeps_top, top, bottom), mask
 
 
-@jax.custom_jvp
 def max_pool2x2(x: jax.Array) -> jax.Array:
   """2×2 max-pool, stride 2, floor ('VALID'): `[B, H, W, C]` -> `[B, H//2, W//2, C]`.
 
@@ -262,16 +261,21 @@ def max_pool2x2(x: jax.Array) -> jax.Array:
   fails and the gradient is silently lost (seen under jit(vmap(grad)) with norm="batch",
   tests/models_test.py); the mask here is one-hot by construction.
   """
+  return _max_pool2x2(x)
+
+
+@jax.custom_jvp
+def _max_pool2x2(x: jax.Array) -> jax.Array:
   return _first_max(_pool_windows(x))[0]
 
 
-@max_pool2x2.defjvp
+@_max_pool2x2.defjvp
 def _max_pool2x2_jvp(primals, tangents):
   (x,), (tangent,) = primals, tangents
   mask = _first_max(_pool_windows(x))[1]
-  # The primal through `max_pool2x2` itself, so that differentiating this rule (second-order
+  # The primal through `_max_pool2x2` itself, so that differentiating this rule (second-order
   # derivatives) uses the rule again instead of autodiff of the `where` chain.
-  return max_pool2x2(x), jnp.sum(jnp.where(mask, _pool_windows(tangent), 0), axis=(2, 4))
+  return _max_pool2x2(x), jnp.sum(jnp.where(mask, _pool_windows(tangent), 0), axis=(2, 4))
 
 
 def normalize(x: jax.Array, scale: Optional[jax.Array], offset: Optional[jax.Array], *,
