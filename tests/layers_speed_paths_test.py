@@ -324,8 +324,9 @@ def test_peer_workload_meta_gradients_are_as_accurate_as_xla():
   the harness's meta-batch 0, for BMG with 2 bootstrap steps ("bmg2": the second-order unroll of
   "so" plus the target's first-order steps, so it exercises every path "so" does; checking "so"
   as well doubled the suite's longest test). Through 5 second-order steps of BatchNorm on 5
-  images float32 is itself off by ~1e-2 (relative L2 of the gradient), so each impl must be as
-  close to float64 as the plain "xla" path is (within 2×), not equal to it."""
+  images float32 is itself off by ~1e-5 in the loss and ~4e-5 in the gradient (relative L2),
+  by amounts that move with the compiler's choices, so each impl must be as close to float64 as
+  the plain "xla" path is (within 2×, plus float32 noise), not equal to it."""
   workload, jmeta_peer = _peer_workload()
   from jmeta import types  # pylint: disable=g-import-not-at-top
   variant = "bmg2"
@@ -343,10 +344,12 @@ def test_peer_workload_meta_gradients_are_as_accurate_as_xla():
     meta_params = adapter.init_meta(jmeta_peer.params_from_workload(workload.init_params()))
     meta_params = jax.tree.map(lambda v: jnp.asarray(v, dtype), meta_params)
     mapped = train.map_tasks(objective, task_chunk_size=1)
-    # Only "xla" needs LLVM's optimisation to run in seconds (its grouped-convolution fallback
-    # took 228 s at level 0); the others compile in half the time at level 0 and run fast.
-    # The fixture restores the setting after the test.
-    jax.config.update("jax_disable_most_optimizations", impl != "xla")
+    # "xla" needs LLVM's optimisation to run in seconds (its grouped-convolution fallback took
+    # 228 s at level 0), and "native" is compared with it at the same level: the optimisation
+    # level alone moves float32's rounding by more than the bound's slack (at level 0 "xla"
+    # itself is off by 1.8e-5 in the loss, against 4e-7 to 6e-6 optimised; 2026-12-01).
+    # "matmul" compiles in half the time at level 0. The fixture restores the setting.
+    jax.config.update("jax_disable_most_optimizations", impl == "matmul")
     loss, grads = jax.jit(jax.value_and_grad(
         lambda p: jnp.mean(mapped(p, keys, tasks)[0])))(meta_params)
     return float(loss), np.concatenate([np.ravel(np.asarray(g, np.float64))
@@ -359,8 +362,11 @@ def test_peer_workload_meta_gradients_are_as_accurate_as_xla():
     loss, grad = loss_and_grad(impl, jnp.float32)
     errors[impl] = (abs(loss - ref_loss) / abs(ref_loss),
                     np.linalg.norm(grad - ref_grad) / np.linalg.norm(ref_grad))
+  # The slack is float32 noise: optimised, "native" is off by 5e-6 to 7e-6 in the loss and 4e-5
+  # in the gradient, "xla" by 4e-7 to 6e-6 and 3e-5 (the same program run standalone or under
+  # pytest rounds differently); "matmul" is off by more than 2e-3 (below).
   for what, error, bound in zip(("loss", "gradient"), errors["native"], errors["xla"]):
-    assert error <= 2 * bound + 1e-5, ("native", what, errors)
+    assert error <= 2 * bound + 2e-5, ("native", what, errors)
   # "matmul" is measurably less accurate here (2.2e-3 loss / 2.8e-3 gradient, against ~5e-6 /
   # 4e-5 for "xla" and "native"), though inside the harness's 5e-2.
   assert errors["matmul"][0] < 1e-2 and errors["matmul"][1] < 5e-2, ("matmul", errors)
