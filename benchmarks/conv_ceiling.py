@@ -20,12 +20,11 @@ measured again. docs/PERFORMANCE.md ("How far the convolutions can go").
 """
 import argparse
 import json
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+import conv_weight_grad  # this folder: its timing, and the library's forward and weight gradient
 from jmeta.models import layers
 
 # (images, spatial size, input channels) of each Conv4 block: the support set (5 images of a
@@ -42,14 +41,7 @@ def xla_gflop(fn, *args) -> float:
 
 
 def median_seconds(fn, *args, calls: int) -> float:
-  fn = jax.jit(fn)
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(calls):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
+  return conv_weight_grad.median_ms(fn, *args, calls=calls)[1] / 1e3
 
 
 def matmul_gflops(size: int, calls: int) -> float:
@@ -58,21 +50,12 @@ def matmul_gflops(size: int, calls: int) -> float:
   return 2 * size**3 / median_seconds(jnp.dot, a, b, calls=calls) / 1e9
 
 
-def forward(x, kernel, g):
-  del g
-  return layers.conv2d(x, kernel, impl="native")
-
-
 def input_gradient(x, kernel, g):
   return jax.vjp(lambda x: layers.conv2d(x, kernel, impl="native"), x)[1](g)[0]
 
 
-def weight_gradient(x, kernel, g):
-  return jax.vjp(lambda k: layers.conv2d(x, k, impl="native"), kernel)[1](g)[0]
-
-
-DERIVATIVES = {"forward": forward, "input_gradient": input_gradient,
-               "weight_gradient": weight_gradient}
+DERIVATIVES = {"forward": conv_weight_grad.forward, "input_gradient": input_gradient,
+               "weight_gradient": conv_weight_grad.weight_grad_library}
 
 
 def main():
