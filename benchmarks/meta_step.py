@@ -7,9 +7,10 @@ Sections (`--sections`, comma list; default all):
            the default runner and with the library's plain path: ms/step, tasks/s, XLA GFLOP per
            step (loops unrolled), achieved GFLOP/s, fraction of peak, compile time and count.
   bmssl    meta.bmssl on unsupervised tasks sampled and augmented inside the jitted step
-           (train.make_update): Conv4 on 28x28, N in --bmssl_ways views-as-classes, S=2, Q=3,
-           L=--bmssl_inner_steps, delta in --bmssl_deltas, T=--bmssl_tasks (defaults: the default
-           config's N=20, L=1, T=4, its augmentations, temperatures and BMG query step), per
+           (train.make_update): Conv4 on 28x28, N in --bmssl_ways views-as-classes, S and Q
+           views per image as the default config's, L=--bmssl_inner_steps, delta in
+           --bmssl_deltas, T=--bmssl_tasks (defaults: the default config's N=20, L=1, T=4, its
+           augmentations, temperatures and BMG query step), per
            --bmssl_paths; the share of the step spent sampling + augmenting (the sampler jitted
            alone); for delta > 0 the budget: the delta=0 step + delta first-order inner steps
            (the last one a query cross-entropy step with --bmssl_query_step) + the target's
@@ -127,7 +128,8 @@ def _bmssl_setup(config, num_ways, num_inner_steps, delta, conv_impl, num_tasks,
       bmg_query_step=query_step and delta > 0, extra_metrics=False)
   augment_fn = factories.build_augment(config.augment)  # the default config's views
   sample = functools.partial(tasks.sample_unsupervised_tasks, num_tasks=num_tasks,
-                             num_ways=num_ways, num_support=2, num_queries=3,
+                             num_ways=num_ways, num_support=config.tasks.num_support,
+                             num_queries=config.tasks.num_queries,
                              augment_fn=augment_fn)
   images = jax.device_put(np.random.default_rng(0).integers(0, 256, (image_pool, 28, 28, 1),
                                                              dtype=np.uint8))
@@ -187,7 +189,8 @@ def section_bmssl(args):
   import jax
   from configs import bmssl_omniglot
   from jmeta import train
-  config = bmssl_omniglot.get_config()  # the default run's views, temperatures, query step
+  # The default run's views (S, Q and augmentations), temperatures and query step.
+  config = bmssl_omniglot.get_config()
   query_step = (config.meta.bmg_query_step if args.bmssl_query_step is None
                 else args.bmssl_query_step)
   paths = []
@@ -221,7 +224,8 @@ def section_bmssl(args):
           times.append(time.perf_counter() - t)
         sampling = statistics.median(times)
         record = {
-            "section": "bmssl", "num_ways": num_ways, "num_support": 2, "num_queries": 3,
+            "section": "bmssl", "num_ways": num_ways, "num_support": config.tasks.num_support,
+            "num_queries": config.tasks.num_queries,
             "delta": delta, "bmg_query_step": query_step and delta > 0,
             "inner_steps": args.bmssl_inner_steps,
             "num_tasks": args.bmssl_tasks,
