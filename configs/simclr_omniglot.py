@@ -9,11 +9,11 @@ Smoke run:
 
 Expected on a 2-core CPU (docs/RESULTS.md, seed 0; XLA_FLAGS=--xla_force_host_platform_device_count=2):
 1,000 steps in 34 min on an otherwise idle machine (≈ 1.9 s/step); validation 5-way 1-shot
-peaks early (76.3% at step 400) and ends at 73.7%. Test (2,000 episodes each): 5w1s
-76.8 ± 0.5, 5w5s 87.1 ± 0.3, 20w1s 52.5 ± 0.3, 20w5s 67.5 ± 0.2; MNIST 5w1s 59.9 ± 0.5,
-5w5s 73.3 ± 0.4 — 11–31 points below BMSSL given the same views and time. The unlabeled
-images and views are BMSSL's (`common.bmssl_views`: rotated train characters, elastic warp),
-so the algorithm is what differs.
+peaks early (76.3% at step 400) and ends at 73.7%. Test (2,000 episodes each): 5w1s 76.8 ± 0.5,
+5w5s 87.1 ± 0.3, 20w1s 52.5 ± 0.3, 20w5s 67.5 ± 0.2; MNIST 5w1s 59.9 ± 0.5, 5w5s 73.3 ± 0.4 —
+11–31 points below BMSSL given the same views and time (its 800 steps, the BMSSL default until
+session 14). The unlabeled images and views are BMSSL's (`common.bmssl_views`: rotated train
+characters, elastic warp), so the algorithm is what differs.
 """
 from configs import common
 

@@ -10,12 +10,12 @@ Smoke run:
 
 Expected on a 2-core CPU (docs/RESULTS.md, seed 0; XLA_FLAGS=--xla_force_host_platform_device_count=2):
 800 steps in 37 min on an otherwise idle machine; validation 5w1s 73.1% at the end (BMSSL: 88%
-after 100 steps). Test (2,000 episodes each): 5w1s 73.3 ± 0.5, 5w5s 85.5 ± 0.3, 20w1s
-49.9 ± 0.3, 20w5s 67.1 ± 0.2; MNIST 5w1s 54.7 ± 0.5, 5w5s 70.3 ± 0.4. Far below the paper's
-83.8 / 95.4 / 74.3 / 92.1 (a much longer run with its own augmentations), and 13–33 points
-below BMSSL given the same views and time. The unlabeled images and views are BMSSL's
-(`common.bmssl_views`: rotated train characters, elastic warp), so the algorithm is what
-differs.
+after 100 steps). Test (2,000 episodes each): 5w1s 73.3 ± 0.5, 5w5s 85.5 ± 0.3,
+20w1s 49.9 ± 0.3, 20w5s 67.1 ± 0.2; MNIST 5w1s 54.7 ± 0.5, 5w5s 70.3 ± 0.4. Far below the
+paper's 83.8 / 95.4 / 74.3 / 92.1 (a much longer run with its own augmentations), and 13–33
+points below BMSSL given the same views and time (its 800 steps, the BMSSL default until
+session 14). The unlabeled images and views are BMSSL's (`common.bmssl_views`: rotated train
+characters, elastic warp), so the algorithm is what differs.
 """
 from configs import common
 
