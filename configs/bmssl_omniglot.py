@@ -33,11 +33,11 @@ gives 94.3 / 98.4 / 83.1 / 94.5, MNIST 72.7 / 88.6 (seed 1: 94.9 / 98.6 / 84.1 /
 75.2 / 90.3); without the bootstrap (δ = 0, 950 steps for the same time) it averages 94.7 /
 98.5 / 83.8 / 94.8 over two seeds against 94.6 / 98.5 / 83.6 / 94.8 with it: level on
 Omniglot, the bootstrap +0.8 / +0.7 ahead on MNIST; at this config's 2,200 steps δ = 0 (2,900
-steps for the same time) is level again: 95.6 / 98.9 / 86.5 / 96.1, MNIST 77.4 / 91.6. Tried at 800 steps and not better (one
-seed each): the inner τ 0.25 and the meta learning rate 2e-3 (between the two seeds), the
-inner step size α = 0.3 (below both), δ = 5 with the query step (below both, 1.3× the
-compute); Q = 5 query views (`tasks.num_queries`) is level at equal compute (1.36× the step's
-time). Longer training is what still pays: 1,600 steps give 95.0 / 98.7 / 84.8 / 95.4, Q = 5
+steps for the same time) is level again: 95.6 / 98.9 / 86.5 / 96.1, MNIST 77.4 / 91.6. Tried
+at 800 steps and not better (one seed each): the inner τ 0.25 and the meta learning rate 2e-3
+(between the two seeds), the inner step size α = 0.3 (below both), δ = 5 with the query step
+(below both, 1.3× the compute); Q = 5 query views (`tasks.num_queries`) is level at equal
+compute (1.36× the step's time). Longer training is what still pays: 1,600 steps give 95.0 / 98.7 / 84.8 / 95.4, Q = 5
 for 1,600 steps 95.4 / 98.9 / 85.7 / 95.8, and these 2,200 steps with Q = 3 — the same compute
 as the Q = 5 run — 95.5 / 98.9 / 86.2 / 96.0, the best row found.
 """
