@@ -37,9 +37,9 @@ steps for the same time) is level again: 95.6 / 98.9 / 86.5 / 96.1, MNIST 77.4 /
 at 800 steps and not better (one seed each): the inner τ 0.25 and the meta learning rate 2e-3
 (between the two seeds), the inner step size α = 0.3 (below both), δ = 5 with the query step
 (below both, 1.3× the compute); Q = 5 query views (`tasks.num_queries`) is level at equal
-compute (1.36× the step's time). Longer training is what still pays: 1,600 steps give 95.0 / 98.7 / 84.8 / 95.4, Q = 5
-for 1,600 steps 95.4 / 98.9 / 85.7 / 95.8, and these 2,200 steps with Q = 3 — the same compute
-as the Q = 5 run — 95.5 / 98.9 / 86.2 / 96.0, the best row found.
+compute (1.36× the step's time). Longer training is what still pays: 1,600 steps give 95.0 /
+98.7 / 84.8 / 95.4, Q = 5 for 1,600 steps 95.4 / 98.9 / 85.7 / 95.8, and these 2,200 steps with
+Q = 3 — the same compute as the Q = 5 run — 95.5 / 98.9 / 86.2 / 96.0, the best row found.
 """
 from configs import common
 
