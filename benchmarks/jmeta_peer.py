@@ -12,9 +12,11 @@ docs/PERFORMANCE.md):
     (`train.make_update(mesh=...)`: `shard_map`), each device looping over its tasks one at a
     time and taking each task's meta-gradient inside the loop (`task_chunk_size=1`);
   * glibc malloc told to keep freed memory (`tune_malloc`): XLA:CPU allocates its temporaries
-    per call, and returning them to the OS made every step pay page faults again.
-`Runner(variant, devices=1, conv_impl="matmul", task_chunk_size=None, tune_allocator=False)` is
-the library's first path (im2col convolutions, all tasks vmapped at once, one device).
+    per call, and returning them to the OS made every step pay page faults again;
+  * no convolution biases (batch norm cancels them; `params_from_workload`).
+`Runner(variant, devices=1, conv_impl="matmul", task_chunk_size=None, tune_allocator=False,
+conv_bias=True)` is the library's first path (im2col convolutions, all tasks vmapped at once,
+one device).
 """
 import ctypes
 import ctypes.util
@@ -66,14 +68,21 @@ def set_cpu_devices(num: int) -> int:
   return len(jax.devices("cpu"))
 
 
-def params_from_workload(canonical: dict) -> dict:
-  """The harness's PyTorch-layout parameters as jmeta params {"encoder", "head"}."""
+def params_from_workload(canonical: dict, conv_bias: bool = True) -> dict:
+  """The harness's PyTorch-layout parameters as jmeta params {"encoder", "head"}.
+
+  `conv_bias=False` leaves the convolutions' biases out: each feeds batch norm, which subtracts
+  it again, so the network computes the same function up to rounding and the biases' true
+  gradient is zero (jmeta's Conv4 default under batch norm; `models/conv4.py`).
+  """
   import jax.numpy as jnp
   encoder = {}
   for index in range(W.N_BLOCKS):
+    conv = {"kernel": jnp.asarray(canonical[f"conv{index}.weight"].transpose(2, 3, 1, 0))}
+    if conv_bias:
+      conv["bias"] = jnp.asarray(canonical[f"conv{index}.bias"])
     encoder[f"block{index}"] = {
-        "conv": {"kernel": jnp.asarray(canonical[f"conv{index}.weight"].transpose(2, 3, 1, 0)),
-                 "bias": jnp.asarray(canonical[f"conv{index}.bias"])},
+        "conv": conv,
         "norm": {"scale": jnp.asarray(canonical[f"bn{index}.weight"]),
                  "offset": jnp.asarray(canonical[f"bn{index}.bias"])},
     }
@@ -83,12 +92,14 @@ def params_from_workload(canonical: dict) -> dict:
 
 
 def params_to_workload(params: dict) -> dict:
-  """jmeta params back to the harness's canonical names and PyTorch layout."""
+  """jmeta params back to the harness's canonical names and PyTorch layout (zeros for left-out
+  convolution biases: their gradient, the only use, is zero)."""
   out = {}
   for index in range(W.N_BLOCKS):
     block = params["encoder"][f"block{index}"]
     out[f"conv{index}.weight"] = np.asarray(block["conv"]["kernel"]).transpose(3, 2, 0, 1)
-    out[f"conv{index}.bias"] = np.asarray(block["conv"]["bias"])
+    out[f"conv{index}.bias"] = np.asarray(
+        block["conv"].get("bias", np.zeros(block["conv"]["kernel"].shape[-1], np.float32)))
     out[f"bn{index}.weight"] = np.asarray(block["norm"]["scale"])
     out[f"bn{index}.bias"] = np.asarray(block["norm"]["offset"])
   out["head.weight"] = np.asarray(params["head"]["kernel"]).T
@@ -118,10 +129,13 @@ class Runner:
       16; only takes effect before JAX's backend starts, else the devices there are).
     remat: `jax.checkpoint` every inner step.
     tune_allocator: `tune_malloc()` first.
+    conv_bias: keep the harness's convolution biases (False: left out, as jmeta's Conv4 does
+      under batch norm; the same function up to rounding, see `params_from_workload`).
   """
 
   def __init__(self, variant: str, *, conv_impl: str = "native", task_chunk_size=1,
-               devices="auto", remat: bool = False, tune_allocator: bool = True):
+               devices="auto", remat: bool = False, tune_allocator: bool = True,
+               conv_bias: bool = False):
     if tune_allocator:
       tune_malloc()
     if devices == "auto":
@@ -139,7 +153,8 @@ class Runner:
                               num_blocks=W.N_BLOCKS, norm="batch", conv_impl=conv_impl)
     adapter, self.objective = build_objective(variant, model.apply, remat=remat)
     optimizer = optax.adam(W.OUTER_LR, b1=W.ADAM_B1, b2=W.ADAM_B2, eps=W.ADAM_EPS)
-    state = train.init_state(adapter.init_meta(params_from_workload(W.init_params())), optimizer)
+    state = train.init_state(adapter.init_meta(params_from_workload(W.init_params(), conv_bias)),
+                            optimizer)
     batches = [types.Task(support=W.to_nhwc(b["xs"]), support_labels=b["ys"].astype(np.int32),
                           query=W.to_nhwc(b["xq"]), query_labels=b["yq"].astype(np.int32))
                for b in W.make_batches()]
@@ -191,6 +206,6 @@ IMPLS = {
     # the library's plain path as first committed (im2col convs, one device, grad of lax.map)
     "jmeta_plain": {"framework": "jax",
                     "build": _variant_runner(conv_impl="matmul", task_chunk_size=None, devices=1,
-                                             tune_allocator=False),
+                                             tune_allocator=False, conv_bias=True),
                     "versions": _versions},
 }

@@ -273,7 +273,8 @@ def _memory_worker(args):
   adapter = inner.head(model.apply, step_size=W.INNER_LR)
   objective = meta.maml(adapter, classifiers.linear_head(model.apply), num_inner_steps=num_steps,
                         remat=remat, extra_metrics=False)
-  meta_params = adapter.init_meta(jmeta_peer.params_from_workload(W.init_params()))
+  meta_params = adapter.init_meta(jmeta_peer.params_from_workload(W.init_params(),
+                                                                  conv_bias=path == "plain"))
   b = W.make_batches(1)[0]
   tasks = types.Task(support=jnp.asarray(W.to_nhwc(b["xs"])), support_labels=jnp.asarray(b["ys"], jnp.int32),
                      query=jnp.asarray(W.to_nhwc(b["xq"])), query_labels=jnp.asarray(b["yq"], jnp.int32))
@@ -327,8 +328,9 @@ def _scaling_worker(args):
   model = models.conv4.make(image_size=28, channels=1, width=64, num_blocks=4, conv_impl="native")
   adapter, objective = jmeta_peer.build_objective("so", model.apply)
   optimizer = optax.adam(W.OUTER_LR)
-  state = train.init_state(adapter.init_meta(jmeta_peer.params_from_workload(W.init_params())),
-                           optimizer)
+  state = train.init_state(
+      adapter.init_meta(jmeta_peer.params_from_workload(W.init_params(), conv_bias=False)),
+      optimizer)
   b = W.make_batches(1)[0]
   reps = -(-num_tasks // W.META_BATCH)
   take = lambda x: np.concatenate([x] * reps)[:num_tasks]

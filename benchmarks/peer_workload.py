@@ -32,8 +32,9 @@ _REPO = os.path.dirname(_HERE)
 CONFIGS = {
     "default": {},
     "plain": {"conv_impl": "matmul", "task_chunk_size": None, "devices": 1,
-              "tune_allocator": False},
+              "tune_allocator": False, "conv_bias": True},
     "native_1dev": {"devices": 1},
+    "with_conv_bias": {"conv_bias": True},
     "matmul_1dev": {"conv_impl": "matmul", "task_chunk_size": None, "devices": 1},
 }
 

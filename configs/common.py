@@ -65,6 +65,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.num_blocks = 4
   config.model.norm = "batch"      # batch (transductive) | group | none
   config.model.conv_impl = "matmul"
+  # Conv4's convolution biases: None (unset) gives them unless norm=batch, which cancels them
+  # (jmeta/models/conv4.py); True adds them anyway, as every run before 2026-12-01 (session 15).
+  config.model.conv_bias = ml_collections.config_dict.placeholder(bool)
 
   # Tasks
   config.tasks = ml_collections.ConfigDict()

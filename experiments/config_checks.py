@@ -79,6 +79,9 @@ def check_static(config) -> None:
   _choice("model.conv_impl", config.model.conv_impl, layers.CONV_IMPLS)
   _positive("model.width", config.model.width)
   _positive("model.num_blocks", config.model.num_blocks)
+  if config.model.conv_bias is not None and config.model.name != "conv4":
+    raise ConfigError(f"model.conv_bias applies to model.name='conv4' only (got "
+                      f"{config.model.name!r}, whose convolutions have no bias); leave it unset.")
   _check_model_fits(config)
   _choice("tasks.labels", config.tasks.labels, factories.TASK_LABELS)
   for field in ("num_tasks", "num_ways", "num_support", "num_queries"):

@@ -73,6 +73,8 @@ def load_workdir(workdir: str, *, conv_impl: str | None = None, untrained: bool 
     config = ml_collections.ConfigDict(json.load(file))
   if conv_impl is not None:
     config.model.conv_impl = conv_impl
+  if "conv_bias" not in config.model:  # written before the field existed: Conv4 had biases
+    config.model.conv_bias = True if config.model.name == "conv4" else None
   channels = 3 if config.data.source.startswith("tfds:") else 1
   model = factories.build_model(config.model, image_size=config.data.image_size,
                                 channels=channels)

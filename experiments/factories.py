@@ -45,7 +45,7 @@ def build_model(model_config, *, image_size: int, channels: int):
   if model_config.name == "conv4":
     return models.conv4.make(image_size=image_size, channels=channels, width=model_config.width,
                              num_blocks=model_config.num_blocks, norm=model_config.norm,
-                             conv_impl=model_config.conv_impl)
+                             conv_impl=model_config.conv_impl, conv_bias=model_config.conv_bias)
   if model_config.name == "resnet12":
     return models.resnet12.make(image_size=image_size, channels=channels,
                                 width=model_config.width, norm=model_config.norm,

@@ -33,14 +33,15 @@ def _numpy_generator(key: PRNGKey) -> np.random.Generator:
 
 
 def tiny_conv(*, image_size: int = 8, channels: int = 1, width: int = 4, num_blocks: int = 2,
-              norm: str = "batch", num_groups: int = 2, conv_impl: Optional[str] = None) -> Model:
+              norm: str = "batch", num_groups: int = 2, conv_impl: Optional[str] = None,
+              conv_bias: Optional[bool] = None) -> Model:
   """Conv4 shrunk to 2 blocks of 4 channels on 8×8 images: a 16-d embedding.
 
   `conv_impl=None` keeps Conv4's default, so tests exercise what users run.
   """
   kwargs = {} if conv_impl is None else {"conv_impl": conv_impl}
   return conv4.make(image_size=image_size, channels=channels, width=width, num_blocks=num_blocks,
-                    norm=norm, num_groups=num_groups, **kwargs)
+                    norm=norm, num_groups=num_groups, conv_bias=conv_bias, **kwargs)
 
 
 def linear(*, input_shape: Sequence[int], output_dim: int) -> Model:

@@ -428,8 +428,9 @@ def _two_device_report():
   from jmeta import parallel  # pylint: disable=g-import-not-at-top
   tasks = testing.fake_tasks(jax.random.key(1), num_tasks=4)
   objective, meta_params = _native_maml(2)
-  # SGD, not Adam: Adam turns float32 noise in near-zero gradients (conv biases before batch
-  # norm) into full-size steps, which would hide whether the gradients agree.
+  # SGD, not Adam: Adam turns float32 noise in near-zero gradients (e.g. conv biases before
+  # batch norm, with conv_bias=True) into full-size steps, which would hide whether the
+  # gradients agree.
   optimizer = optax.sgd(0.1)
   results = []
   for devices, task_chunk_size in ((1, None), (1, 1), (2, 1), (2, None)):

@@ -49,6 +49,51 @@ def test_conv4_validates_arguments():
     layers.normalize(jnp.zeros((1, 2, 2, 4)), None, None, mode="instance")
 
 
+def test_conv4_conv_bias_only_where_batch_norm_does_not_cancel_it():
+  def has_bias(**kwargs):
+    params = jax.eval_shape(testing.tiny_conv(**kwargs).init, jax.random.key(0))
+    return ["bias" in params[name]["conv"] for name in sorted(params)]
+
+  assert has_bias(norm="batch") == [False, False]
+  assert has_bias(norm="group") == [True, True]
+  assert has_bias(norm="none") == [True, True]
+  assert has_bias(norm="batch", conv_bias=True) == [True, True]
+  assert has_bias(norm="group", conv_bias=False) == [False, False]
+  # Leaving the bias out does not change the kernels a key draws.
+  with_bias = testing.tiny_conv(conv_bias=True).init(jax.random.key(0))
+  without = testing.tiny_conv().init(jax.random.key(0))
+  for name in with_bias:
+    np.testing.assert_array_equal(without[name]["conv"]["kernel"],
+                                  with_bias[name]["conv"]["kernel"])
+
+
+def test_conv_bias_before_batch_norm_changes_nothing():
+  """Float64: Conv4 with large random conv biases (norm="batch") equals Conv4 without them in
+  its embeddings and in the second-order MAML meta-gradient of every shared parameter, and the
+  biases' own meta-gradient is zero — so leaving them out (the default) is exact."""
+  with jax.enable_x64(True):
+    tasks = testing.fake_tasks(jax.random.key(1), num_tasks=2, dtype=jnp.float64)
+    model = testing.tiny_conv(conv_bias=True)
+    with_bias = jax.tree.map(lambda p: p.astype(jnp.float64), model.init(jax.random.key(0)))
+    for index, name in enumerate(sorted(with_bias)):
+      with_bias[name]["conv"]["bias"] = 3.0 * jax.random.normal(
+          jax.random.key(10 + index), with_bias[name]["conv"]["bias"].shape, jnp.float64)
+    without = {name: {"conv": {"kernel": block["conv"]["kernel"]}, "norm": block["norm"]}
+               for name, block in with_bias.items()}
+    assert testing.tiny_conv().init(jax.random.key(0)).keys() == without.keys()
+    embed = jax.jit(jax.vmap(model.apply, in_axes=(None, 0)))
+    np.testing.assert_allclose(embed(with_bias, tasks.query), embed(without, tasks.query),
+                               rtol=1e-10, atol=1e-12)
+    meta_grad = jax.jit(jax.grad(_meta_loss(model.apply)))
+    grads_with, grads_without = meta_grad(with_bias, tasks), meta_grad(without, tasks)
+    scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads_without))
+    assert scale > 1e-3
+    for name in with_bias:
+      np.testing.assert_allclose(grads_with[name]["conv"]["bias"], 0.0, atol=1e-10 * scale)
+      grads_with[name]["conv"].pop("bias")
+    testing.assert_trees_allclose(grads_with, grads_without, rtol=1e-8, atol=1e-10 * scale)
+
+
 def test_uniform_init_matches_pytorch_default():
   x = layers.uniform_init(jax.random.key(0), (3, 3, 4, 8), fan_in=36)
   assert x.dtype == jnp.float32

@@ -48,11 +48,11 @@ def test_two_processes_equal_one_process_and_read_disjoint_shards(env, tmp_path)
   step_multi, multi = _final_params(tmp_path / "multi")
   step_single, one = _final_params(tmp_path / "single")
   assert step_multi == step_single == 3
-  # Conv biases feeding batch norm have an exactly-zero true gradient; Adam normalises the
-  # float noise they get to ±lr-sized steps, which differ with the all-reduce order. So the
-  # per-step losses and gradient norms are compared tightly and parameters to a few lr.
+  # Conv4 has no conv biases under batch norm (their true gradient is zero, and Adam used to
+  # blow their float noise up to ±lr-sized steps that differed with the all-reduce order), so
+  # the parameters agree to float32 rounding of the summation order.
   for a, b in zip(jax_leaves(multi), jax_leaves(one)):
-    np.testing.assert_allclose(a, b, rtol=0, atol=3e-3)
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
   logs = [[json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
           for name in ("multi", "single")]
   for field in ("meta_loss", "gradient_norm", "query_accuracy_after"):

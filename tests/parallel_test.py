@@ -70,8 +70,8 @@ def _compare_updates(objective, meta_params, *, num_tasks, task_chunk_size, imag
                      rtol=1e-5, atol=1e-6):
   """Two steps with mesh=make_mesh(8) and with mesh=None, from the same state and key."""
   mesh = parallel.make_mesh(NUM_DEVICES)
-  # Plain SGD: Adam would blow float noise in zero-gradient leaves (biases before batch norm)
-  # up to ±learning rate, hiding what is compared.
+  # Plain SGD: Adam would blow float noise in zero-gradient leaves (e.g. conv biases before
+  # batch norm, with conv_bias=True) up to ±learning rate, hiding what is compared.
   optimizer = optax.sgd(0.3)
   sample = testing.task_sampler(num_tasks=num_tasks, num_ways=3)
   data = testing.fake_images(jax.random.key(1), num_images=12, image_shape=image_shape)

@@ -3,6 +3,8 @@
 4 blocks of [3×3 conv, `width` channels, norm, ReLU, 2×2 max-pool]; 28×28 inputs give
 `width`-d features (28→14→7→3→1), 84×84 give 5·5·`width` = 1600-d features for width 64.
 """
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
 
@@ -17,7 +19,8 @@ def _spatial_after_blocks(size: int, num_blocks: int) -> int:
 
 
 def make(*, image_size: int = 28, channels: int = 1, width: int = 64, num_blocks: int = 4,
-         norm: str = "batch", num_groups: int = 8, conv_impl: str = "matmul") -> Model:
+         norm: str = "batch", num_groups: int = 8, conv_impl: str = "matmul",
+         conv_bias: Optional[bool] = None) -> Model:
   """Builds Conv4.
 
   Args:
@@ -28,6 +31,13 @@ def make(*, image_size: int = 28, channels: int = 1, width: int = 64, num_blocks
     norm: "batch" (transductive batch statistics), "group" or "none".
     num_groups: groups for norm="group".
     conv_impl: "matmul" (fast under vmap on CPU) or "xla".
+    conv_bias: whether `init` gives each convolution a bias. Default: unless norm="batch".
+      Batch norm subtracts each channel's batch mean, so a per-channel constant before it changes
+      nothing but rounding, and its true gradient is exactly zero: leaving it out saves a
+      reduction per convolution at every derivative order (≈ 5% of a second-order MAML step,
+      docs/PERFORMANCE.md), and there is no zero-gradient parameter for Adam to blow float noise
+      into. True mirrors a PyTorch Conv4 with biases (e.g. the peer harness's weights). `apply`
+      adds a bias wherever the params have one, whatever this says.
 
   Returns:
     A `Model`; `apply(params, images)` maps `[B, image_size, image_size, channels]` floats in
@@ -42,16 +52,20 @@ def make(*, image_size: int = 28, channels: int = 1, width: int = 64, num_blocks
     raise ValueError(f"image_size={image_size} is too small for num_blocks={num_blocks} "
                      "2×2 poolings.")
   embedding_dim = spatial * spatial * width
+  if conv_bias is None:
+    conv_bias = norm != "batch"
 
   def init(key: PRNGKey) -> Params:
     params = {}
     in_channels = channels
     for index, block_key in enumerate(jax.random.split(key, num_blocks)):
-      key_kernel, key_bias = jax.random.split(block_key)
+      key_kernel, key_bias = jax.random.split(block_key)  # the same kernels either way
       fan_in = 9 * in_channels
+      conv = {"kernel": layers.uniform_init(key_kernel, (3, 3, in_channels, width), fan_in)}
+      if conv_bias:
+        conv["bias"] = layers.uniform_init(key_bias, (width,), fan_in)
       params[f"block{index}"] = {
-          "conv": {"kernel": layers.uniform_init(key_kernel, (3, 3, in_channels, width), fan_in),
-                   "bias": layers.uniform_init(key_bias, (width,), fan_in)},
+          "conv": conv,
           "norm": {"scale": jnp.ones((width,)), "offset": jnp.zeros((width,))},
       }
       in_channels = width
@@ -64,7 +78,7 @@ def make(*, image_size: int = 28, channels: int = 1, width: int = 64, num_blocks
     x = images
     for index in range(num_blocks):
       block = params[f"block{index}"]
-      x = layers.conv2d(x, block["conv"]["kernel"], block["conv"]["bias"], impl=conv_impl)
+      x = layers.conv2d(x, block["conv"]["kernel"], block["conv"].get("bias"), impl=conv_impl)
       x = layers.normalize(x, block["norm"]["scale"], block["norm"]["offset"], mode=norm,
                            num_groups=num_groups)
       x = jax.nn.relu(x)
