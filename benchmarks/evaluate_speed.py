@@ -77,7 +77,13 @@ def main(argv=None):
   parser.add_argument("--conv_impl", choices=("xla", "matmul", "native"), default="xla",
                       help="convolution lowering; experiments.evaluate uses xla (one set of "
                       "weights shared by every episode)")
+  parser.add_argument("--xla_fast_flags", action=argparse.BooleanOptionalAction, default=True,
+                      help="add experiments/xla_cpu.py's flags to XLA_FLAGS first, as "
+                      "experiments.evaluate does")
   args = parser.parse_args(argv)
+  if args.xla_fast_flags:
+    from experiments import xla_cpu  # pylint: disable=import-outside-toplevel
+    xla_cpu.add_fast_flags()
 
   dataset = load_data(args.data, args.data_dir)
   if dataset is None:

@@ -13,10 +13,12 @@ docs/PERFORMANCE.md):
     time and taking each task's meta-gradient inside the loop (`task_chunk_size=1`);
   * glibc malloc told to keep freed memory (`tune_malloc`): XLA:CPU allocates its temporaries
     per call, and returning them to the OS made every step pay page faults again;
-  * no convolution biases (batch norm cancels them; `params_from_workload`).
+  * no convolution biases (batch norm cancels them; `params_from_workload`);
+  * XLA:CPU's older loop-fusion emitter (`experiments/xla_cpu.py`, added to XLA_FLAGS before
+    JAX starts, as the launchers do).
 `Runner(variant, devices=1, conv_impl="matmul", task_chunk_size=None, tune_allocator=False,
-conv_bias=True)` is the library's first path (im2col convolutions, all tasks vmapped at once,
-one device).
+conv_bias=True, xla_fast_flags=False)` is the library's first path (im2col convolutions, all
+tasks vmapped at once, one device).
 """
 import ctypes
 import ctypes.util
@@ -131,11 +133,16 @@ class Runner:
     tune_allocator: `tune_malloc()` first.
     conv_bias: keep the harness's convolution biases (False: left out, as jmeta's Conv4 does
       under batch norm; the same function up to rounding, see `params_from_workload`).
+    xla_fast_flags: `experiments.xla_cpu.add_fast_flags()` first (only takes effect before
+      JAX's backend starts).
   """
 
   def __init__(self, variant: str, *, conv_impl: str = "native", task_chunk_size=1,
                devices="auto", remat: bool = False, tune_allocator: bool = True,
-               conv_bias: bool = False):
+               conv_bias: bool = False, xla_fast_flags: bool = True):
+    if xla_fast_flags:
+      from experiments import xla_cpu
+      xla_cpu.add_fast_flags()
     if tune_allocator:
       tune_malloc()
     if devices == "auto":
@@ -193,6 +200,7 @@ def _versions():
   import jax
   import jmeta
   return {"jmeta": jmeta.__version__, "jax": jax.__version__,
+          "xla_flags": os.environ.get("XLA_FLAGS", ""),
           "cpu_devices": len(jax.devices("cpu")), "malloc_tuned": bool(_MALLOC_TUNED
                                                                        and _MALLOC_TUNED[0])}
 
@@ -206,6 +214,7 @@ IMPLS = {
     # the library's plain path as first committed (im2col convs, one device, grad of lax.map)
     "jmeta_plain": {"framework": "jax",
                     "build": _variant_runner(conv_impl="matmul", task_chunk_size=None, devices=1,
-                                             tune_allocator=False, conv_bias=True),
+                                             tune_allocator=False, conv_bias=True,
+                                             xla_fast_flags=False),
                     "versions": _versions},
 }

@@ -383,9 +383,15 @@ def main(argv=None):
   parser.add_argument("--bmssl_paths", type=lambda v: v.split(","), default=["native:1"],
                       help="bmssl section: CONV_IMPL:CHUNK list; CHUNK 'all' vmaps every task "
                       "(default: the config's native convolutions, one task per chunk)")
+  parser.add_argument("--xla_fast_flags", action=argparse.BooleanOptionalAction, default=True,
+                      help="add experiments/xla_cpu.py's flags to XLA_FLAGS first, as the "
+                      "launchers do (subprocesses inherit them)")
   parser.add_argument("--memory_worker", nargs=3, help=argparse.SUPPRESS)
   parser.add_argument("--scaling_worker", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
+  if args.xla_fast_flags:
+    from experiments import xla_cpu  # pylint: disable=g-import-not-at-top
+    xla_cpu.add_fast_flags()
   if args.memory_worker:
     print(json.dumps(_memory_worker(args)), flush=True)
     return

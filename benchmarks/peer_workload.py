@@ -32,9 +32,10 @@ _REPO = os.path.dirname(_HERE)
 CONFIGS = {
     "default": {},
     "plain": {"conv_impl": "matmul", "task_chunk_size": None, "devices": 1,
-              "tune_allocator": False, "conv_bias": True},
+              "tune_allocator": False, "conv_bias": True, "xla_fast_flags": False},
     "native_1dev": {"devices": 1},
     "with_conv_bias": {"conv_bias": True},
+    "fusion_emitters": {"xla_fast_flags": False},  # XLA:CPU's default loop-fusion emitters
     "matmul_1dev": {"conv_impl": "matmul", "task_chunk_size": None, "devices": 1},
 }
 
@@ -122,6 +123,7 @@ def run_one(peers_dir: str, config: str, variant: str, steps: int, warmup: int,
     gflop = count_flops(jmeta_peer, variant, "xla") / 1e9  # the same maths for every impl
     record["gflop_per_step"] = round(gflop, 2)
     record["achieved_gflops"] = round(gflop / median, 1)
+  record["xla_flags"] = os.environ.get("XLA_FLAGS", "")
   record["loadavg"] = [round(x, 2) for x in os.getloadavg()]
   return record
 

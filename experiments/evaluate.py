@@ -49,6 +49,8 @@ def define_flags():
   flags.DEFINE_integer("max_images_per_batch", 4000,
                        "Caps the episodes per jitted batch so that N*(K+Q)*episodes stays below "
                        "this (each device embeds one episode at a time, so memory is small).")
+  flags.DEFINE_bool("xla_cpu_fast_flags", True,
+                    "Add experiments/xla_cpu.py's FAST_FLAGS to XLA_FLAGS before JAX starts.")
   flags.DEFINE_integer("cpu_devices", 0,
                        "CPU only: split the host into this many JAX devices and spread each "
                        "batch's episodes over them (0: one per core; 2,000 5-way 1-shot "
@@ -232,6 +234,9 @@ def main(argv):
   del argv
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required.")
+  if FLAGS.xla_cpu_fast_flags:
+    from experiments import xla_cpu  # pylint: disable=import-outside-toplevel
+    xla_cpu.add_fast_flags()
   use_cpu_devices(FLAGS.cpu_devices)
   rows = evaluate_workdir(FLAGS.workdir, dataset=FLAGS.dataset, rotations=FLAGS.rotations,
                           ways=[int(w) for w in FLAGS.ways], shots=[int(k) for k in FLAGS.shots],

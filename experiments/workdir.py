@@ -50,7 +50,7 @@ def save_run_info(workdir: str, config) -> None:
     file.write(config.to_json_best_effort(indent=2))
   versions = {"python": platform.python_version(), "platform": platform.platform(),
               "jax_backend": jax.default_backend(), "devices": jax.device_count(),
-              "processes": jax.process_count()}
+              "processes": jax.process_count(), "xla_flags": os.environ.get("XLA_FLAGS", "")}
   for package in ("jmeta", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy",
                   "ml-collections"):
     try:

@@ -17,6 +17,7 @@ from experiments import evaluate as evaluate_lib
 from experiments import metrics_log
 from experiments import plot as plot_lib
 from experiments import train as train_lib
+from experiments import xla_cpu
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = ["bmssl_omniglot", "umtra_omniglot", "simclr_omniglot", "maml_omniglot",
@@ -108,6 +109,10 @@ def test_sigterm_then_resume_is_bitwise_equal_to_uninterrupted_run(env, tmp_path
   assert final_resumed["fingerprint"] == final_straight["fingerprint"]
   records = metrics_log.read(str(metrics_file))
   assert [r["step"] for r in records[:-1]] == list(range(1, 9))
+  # The launcher added XLA:CPU's fast flags before JAX started, and says so.
+  versions = json.loads((tmp_path / "straight" / "versions.json").read_text())
+  for flag in xla_cpu.fast_flags({}, versions["jaxlib"]):
+    assert flag in versions["xla_flags"].split()
 
 
 @pytest.mark.parametrize("override, field", [
