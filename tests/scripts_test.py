@@ -1,5 +1,6 @@
 """The scripts behind docs/RESULTS.md (the ablation sweep's commands, the table's wall-clock) and
-docs/PERFORMANCE.md's profile (`benchmarks/profile_step.py`)."""
+docs/PERFORMANCE.md's profile and layer ablation (`benchmarks/profile_step.py`,
+`benchmarks/layer_ablation.py`)."""
 import gzip
 import json
 import pathlib
@@ -11,6 +12,7 @@ _REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(_REPO / "scripts"))
 sys.path.insert(0, str(_REPO / "benchmarks"))
 import ablations  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+import layer_ablation  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 import profile_step  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 import results_table  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -55,3 +57,10 @@ def test_profile_sums_operation_times_per_step_and_skips_executor_and_python_spa
   total, calls = profile_step.operation_times(str(trace), num_steps=2)
   assert dict(total) == pytest.approx({"ynn_fusion.3": 3.0, "bitcast_select_fusion.12": 0.5})
   assert dict(calls) == pytest.approx({"ynn_fusion.3": 1.0, "bitcast_select_fusion.12": 0.5})
+
+
+def test_layer_ablation_settings_name_the_layers_or_fail_naming_the_allowed_ones():
+  assert layer_ablation.parse_removed("none") == ()
+  assert layer_ablation.parse_removed("norm+relu+pool") == ("norm", "relu", "pool")
+  with pytest.raises(ValueError, match="'dropout'.*norm"):
+    layer_ablation.parse_removed("norm+dropout")
