@@ -7,10 +7,10 @@ For each of the harness's 64 tasks (4 meta-batches of 16) and each variant, the 
 meta-gradient of that one task against the same computation in float64 (relative L2 error over
 every parameter but the convolution biases, whose true gradient is zero). Then, for the tasks
 with the largest errors, how much the float64 meta-gradient itself moves when the support images
-move by 1e-7 (relative L2, the largest over ±`--directions` random directions): a task whose float64 answer moves that much
-is ill-posed at float32's resolution (a max-pool winner flips), and no float32 implementation can
-match it there. Prints one JSON line per variant. docs/PERFORMANCE.md ("Convolution biases
-before batch norm").
+move by 1e-7 (relative L2, the largest over ±`--directions` random directions): a task whose
+float64 answer moves that much is ill-posed at float32's resolution (a max-pool winner flips),
+and no float32 implementation can match it there. Prints one JSON line per variant.
+docs/PERFORMANCE.md ("Convolution biases before batch norm").
 """
 import argparse
 import json
@@ -60,7 +60,8 @@ def main(argv=None):
     grad_fn = jax.jit(jax.grad(lambda p, t: objective(p, jax.random.key(0), t)[0]))
 
     def flat_grad(meta_params, one_task):
-      grads = jmeta_peer.params_to_workload(jax.device_get(grad_fn(meta_params, one_task)["params"]))
+      grads = jax.device_get(grad_fn(meta_params, one_task)["params"])
+      grads = jmeta_peer.params_to_workload(grads)
       return np.concatenate([np.asarray(g, np.float64).ravel() for name, g in sorted(grads.items())
                              if not (name.startswith("conv") and name.endswith(".bias"))])
 

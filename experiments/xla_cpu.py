@@ -4,8 +4,8 @@
 reduction and layout work between the convolutions) with its older LLVM loop emitter instead of
 the newer MLIR fusion emitters. Measured with jaxlib 0.10.2 on 2026-12-01 (docs/PERFORMANCE.md,
 "The loop-fusion emitter"): the peer workload's second-order MAML step −15%, first-order −12%,
-BMG −19%, the default BMSSL step −22%, compile times −30%; the same values to float32 rounding
-(the test suite passes under it).
+BMG −19%, the default BMSSL step −17%, compile times −30 to −45%; the same values to float32
+rounding (the test suite passes under it).
 
 XLA aborts on a flag it does not know, and other jaxlib versions were not measured, so the flags
 are added only for the jaxlib line they were measured on; elsewhere set them yourself
