@@ -64,6 +64,20 @@ def test_smoke_config_trains_checkpoints_evaluates_and_plots(name, env, tmp_path
     assert zero_steps[0]["adaptation"] == {"adapter": "prototype", "num_steps": 0,
                                            "step_size": config.inner.step_size}
     assert zero_steps[0]["accuracy"] == rows[0]["accuracy"]
+    # A config.json written before model.conv_bias existed (Conv4 had biases then) still
+    # builds the model its checkpoints were saved from.
+    config_path = os.path.join(workdir, "config.json")
+    saved = json.loads(open(config_path).read())
+    assert saved["model"]["conv_bias"] is None
+    del saved["model"]["conv_bias"]
+    with open(config_path, "w") as file:
+      json.dump(saved, file)
+    _, _, _, old_params, _ = evaluate_lib.load_workdir(workdir, untrained=True)
+    import jax  # pylint: disable=import-outside-toplevel
+    paths = [jax.tree_util.keystr(path) for path, _ in
+             jax.tree_util.tree_flatten_with_path(old_params)[0]]
+    conv_biases = [path for path in paths if "'conv']['bias']" in path]
+    assert len(conv_biases) == config.model.num_blocks, paths
     with pytest.raises(ValueError, match="temperature"):
       evaluate_lib.evaluate_workdir(workdir, ways=(5,), shots=(1,), num_episodes=1,
                                     progress=False, adapted="yes",

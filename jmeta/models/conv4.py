@@ -34,7 +34,7 @@ def make(*, image_size: int = 28, channels: int = 1, width: int = 64, num_blocks
     conv_bias: whether `init` gives each convolution a bias. Default: unless norm="batch".
       Batch norm subtracts each channel's batch mean, so a per-channel constant before it changes
       nothing but rounding, and its true gradient is exactly zero: leaving it out saves a
-      reduction per convolution at every derivative order (≈ 5% of a second-order MAML step,
+      reduction per convolution at every derivative order (≈ 9% of a second-order MAML step,
       docs/PERFORMANCE.md), and there is no zero-gradient parameter for Adam to blow float noise
       into. True mirrors a PyTorch Conv4 with biases (e.g. the peer harness's weights). `apply`
       adds a bias wherever the params have one, whatever this says.
