@@ -16,10 +16,9 @@ setting. docs/PERFORMANCE.md ("How far the step can go").
 import argparse
 import json
 import os
-import statistics
-import subprocess
 import sys
-import time
+
+import meta_step  # the benchmarks' subprocess runner
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 LAYERS = ("norm", "relu", "pool")
@@ -46,23 +45,13 @@ def swap_layers(removed) -> None:
 
 
 def run_one(peers_dir: str, variant: str, removed, steps: int, warmup: int) -> dict:
-  sys.path.insert(0, os.path.abspath(peers_dir))
-  sys.path.insert(0, _HERE)
-  import jmeta_peer  # pylint: disable=g-import-not-at-top
-  runner = jmeta_peer.Runner(variant)  # sets the XLA flags and devices before JAX starts
-  swap_layers(removed)  # before the first step traces the model
-  for i in range(warmup):
-    runner.step(i)
-  times = []
-  for i in range(warmup, warmup + steps):
-    start = time.perf_counter()
-    runner.step(i)
-    times.append(time.perf_counter() - start)
-  return {"variant": variant, "removed": "+".join(removed) or "none",
-          "devices": runner.devices, "ms_per_step": round(statistics.median(times) * 1e3, 1),
-          "ms_min": round(min(times) * 1e3, 1), "timed_steps": steps,
-          "xla_flags": os.environ.get("XLA_FLAGS", ""),
-          "loadavg": [round(x, 2) for x in os.getloadavg()]}
+  """`peer_workload.run_one` of the plugin's default config, the layers swapped once the Runner
+  has set the XLA flags and devices (before the first step traces the model)."""
+  import peer_workload  # pylint: disable=g-import-not-at-top
+  record = peer_workload.run_one(peers_dir, "default", variant, steps, warmup, flops=False,
+                                 after_build=lambda: swap_layers(removed))
+  record["removed"] = "+".join(removed) or "none"
+  return record
 
 
 def main(argv=None):
@@ -89,16 +78,10 @@ def main(argv=None):
       parser.error(str(error))
   for variant in args.variants.split(","):
     for setting in settings:
-      command = [sys.executable, os.path.abspath(__file__), "--peers_dir", args.peers_dir,
-                 "--steps", str(args.steps), "--warmup", str(args.warmup),
-                 "--worker", variant, setting]
-      result = subprocess.run(command, capture_output=True, text=True, check=False)
-      lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
-      if result.returncode or not lines:
-        print(json.dumps({"variant": variant, "removed": setting,
-                          "error": result.stderr.strip().splitlines()[-3:]}), flush=True)
-      else:
-        print(lines[-1], flush=True)
+      for record in meta_step._subprocess_json(  # pylint: disable=protected-access
+          [os.path.abspath(__file__), "--peers_dir", args.peers_dir, "--steps", str(args.steps),
+           "--warmup", str(args.warmup), "--worker", variant, setting]):
+        print(json.dumps(dict({"variant": variant, "removed": setting}, **record)), flush=True)
 
 
 if __name__ == "__main__":

@@ -84,7 +84,9 @@ def count_flops(jmeta_peer, variant: str, conv_impl: str) -> float:
 
 
 def run_one(peers_dir: str, config: str, variant: str, steps: int, warmup: int,
-            flops: bool) -> dict:
+            flops: bool, after_build=None) -> dict:
+  """Times one config and variant in this process. `after_build()`, if given, runs once the
+  Runner exists (XLA flags and devices set) and before its first step traces the model."""
   jmeta_peer = _import_peers(peers_dir)
   import jax
   import workload as W
@@ -96,6 +98,8 @@ def run_one(peers_dir: str, config: str, variant: str, steps: int, warmup: int,
   t = time.perf_counter()
   runner = jmeta_peer.Runner(variant, **options)
   build_s = time.perf_counter() - t
+  if after_build is not None:
+    after_build()
   warm, losses = [], []
   for i in range(warmup):
     t = time.perf_counter()
