@@ -302,6 +302,81 @@ def test_batch_norm_float32_is_as_accurate_as_two_pass(mean, std):
   assert np.max(np.abs(fast - reference)) <= 2 * np.max(np.abs(plain - reference)) + 1e-6
 
 
+def _unfused_batch_norm_relu_max_pool(x, scale, offset):
+  return layers.max_pool2x2(jax.nn.relu(layers.normalize(x, scale, offset, mode="batch")))
+
+
+@pytest.mark.parametrize("shape", [(3, 6, 8, 4), (2, 7, 5, 3)])
+def test_batch_norm_relu_max_pool_equals_the_layers_in_order(shape):
+  """Pooling first (of y or −y by the sign of each channel's factor) is the same function with
+  the same derivatives, to third order and in forward mode, under jit and vmap: negative and
+  positive scales, ReLU zeros, tied windows, odd sizes (dropped rows still count in the
+  statistics)."""
+  keys = jax.random.split(jax.random.key(11), 5)
+  with jax.enable_x64(True):
+    x = jax.random.normal(keys[0], shape, jnp.float64) * 2.0 + 0.5
+    x = x.at[:, 0:2, 0:2, 0].set(1.5).at[0, 2, 2, 1].set(x[0, 2, 3, 1])  # ties
+    channels = shape[-1]
+    scale = jax.random.normal(keys[1], (channels,), jnp.float64)
+    scale = scale.at[0].set(-0.7).at[1].set(1.3)  # both signs, whatever the key
+    offset = jax.random.normal(keys[2], (channels,), jnp.float64).at[0].set(0.8)
+    pooled_shape = (shape[0], shape[1] // 2, shape[2] // 2, channels)
+    weights = jax.random.normal(keys[3], pooled_shape, jnp.float64)
+    fused = layers.batch_norm_relu_max_pool(x, scale, offset)
+    unfused = _unfused_batch_norm_relu_max_pool(x, scale, offset)
+    assert float(jnp.mean(unfused == 0)) > 0.1  # ReLU zeros are exercised
+    np.testing.assert_allclose(fused, unfused, rtol=1e-12, atol=1e-12)
+
+    def derivatives(layer):
+      loss = lambda x, s, o: jnp.sum(jnp.sin(layer(x, s, o)) * weights)
+      grad = jax.grad(loss, argnums=(0, 1, 2))
+      second = lambda x, s, o: sum(jnp.sum(g ** 2) for g in grad(x, s, o)) + loss(x, s, o)
+      third = lambda x, s, o: jnp.sum(jax.grad(second, argnums=1)(x, s, o) ** 2)
+      batched = jax.vmap(jax.grad(second, argnums=(0, 1)), in_axes=(0, None, None))
+      return (grad(x, scale, offset),
+              jax.grad(second, argnums=(0, 1, 2))(x, scale, offset),
+              jax.jit(jax.grad(second, argnums=(0, 1, 2)))(x, scale, offset),
+              jax.grad(third, argnums=(0, 1))(x, scale, offset),
+              jax.jvp(lambda x: grad(x, scale, offset), (x,), (x ** 2,))[1],
+              batched(jnp.stack([x, 0.5 * x - 1.0]), scale, offset))
+
+    _close(derivatives(layers.batch_norm_relu_max_pool),
+           derivatives(_unfused_batch_norm_relu_max_pool), rtol=1e-8, atol=1e-10)
+
+
+def test_conv4_with_batch_norm_is_conv_norm_relu_pool_in_that_order():
+  """Conv4 (norm="batch") uses the fused layer; its embeddings and second-order MAML-style
+  meta-gradient equal those of the four layers applied one after another (float64)."""
+  model = conv4.make(image_size=12, channels=1, width=6, num_blocks=2, norm="batch",
+                     conv_impl="native")
+
+  def reference_apply(params, images):
+    x = images
+    for index in range(2):
+      block = params[f"block{index}"]
+      x = layers.conv2d(x, block["conv"]["kernel"], impl="native")
+      x = _unfused_batch_norm_relu_max_pool(x, block["norm"]["scale"], block["norm"]["offset"])
+    return x.reshape(x.shape[0], -1)
+
+  with jax.enable_x64(True):
+    params = testing.to_float64(model.init(jax.random.key(0)))
+    params["block1"]["norm"]["scale"] = params["block1"]["norm"]["scale"].at[:3].set(-0.8)
+    images = jax.random.uniform(jax.random.key(1), (8, 12, 12, 1), jnp.float64)
+    targets = jax.random.normal(jax.random.key(2), (8, model.embedding_dim), jnp.float64)
+
+    def meta_loss(apply, params):
+      inner_loss = lambda p, x, y: jnp.mean(jnp.square(apply(p, x) - y))
+      adapted = jax.tree.map(lambda p, g: p - 0.1 * g, params,
+                             jax.grad(inner_loss)(params, images[:4], targets[:4]))
+      return inner_loss(adapted, images[4:], targets[4:])
+
+    np.testing.assert_allclose(model.apply(params, images), reference_apply(params, images),
+                               rtol=1e-12, atol=1e-12)
+    _close(jax.value_and_grad(lambda p: meta_loss(model.apply, p))(params),
+           jax.value_and_grad(lambda p: meta_loss(reference_apply, p))(params),
+           rtol=1e-8, atol=1e-10)
+
+
 # ------------------------------------------------------------------------------------------------
 # The peer-harness workload (Conv4, 5-way 1-shot, 5 inner steps at 0.4, BatchNorm): the
 # meta-gradients of every conv implementation agree, and the loss at the harness's initial

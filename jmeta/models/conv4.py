@@ -79,10 +79,12 @@ def make(*, image_size: int = 28, channels: int = 1, width: int = 64, num_blocks
     for index in range(num_blocks):
       block = params[f"block{index}"]
       x = layers.conv2d(x, block["conv"]["kernel"], block["conv"].get("bias"), impl=conv_impl)
-      x = layers.normalize(x, block["norm"]["scale"], block["norm"]["offset"], mode=norm,
-                           num_groups=num_groups)
-      x = jax.nn.relu(x)
-      x = layers.max_pool2x2(x)
+      scale, offset = block["norm"]["scale"], block["norm"]["offset"]
+      if norm == "batch":  # the same function, with the pooling first (see the layer)
+        x = layers.batch_norm_relu_max_pool(x, scale, offset)
+      else:
+        x = layers.normalize(x, scale, offset, mode=norm, num_groups=num_groups)
+        x = layers.max_pool2x2(jax.nn.relu(x))
     return x.reshape(x.shape[0], -1)
 
   return Model(init=init, apply=apply, embedding_dim=embedding_dim)
