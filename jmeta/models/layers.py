@@ -334,8 +334,9 @@ def batch_norm_relu_max_pool(x: jax.Array, scale: jax.Array, offset: jax.Array, 
   quarter of the activations. The statistics and their derivatives still see every activation.
   The derivatives are those of the unfused layers wherever those exist (tested in float64 to
   third order); at `scale == 0` exactly, where the function is not differentiable in `scale`,
-  the two pick different one-sided derivatives. About 7–11% of a second-order MAML step on
-  the peer workload (docs/PERFORMANCE.md, "Batch norm, ReLU and pooling in one").
+  the two pick different one-sided derivatives. It saves about 11% of a second-order MAML
+  step on the peer workload, 12% of a BMG step (docs/PERFORMANCE.md, "Batch norm, ReLU and
+  pooling in one").
   """
   centred, mean, inv_std = _batch_statistics(x, eps)
   factor = inv_std * scale
