@@ -197,6 +197,33 @@ def test_cpu_weight_gradient_sums_chunks_of_images(images):
   assert sum(" convolution(" in line for line in text.splitlines()) == chunks
 
 
+@pytest.mark.parametrize("size", [(3, 3), (5, 3)])
+def test_cpu_weight_gradient_of_one_input_channel_is_one_matmul(size):
+  """A one-channel input's weight gradient (Conv4's first block) compiles to a matmul of shifted
+  input copies, no convolution and no transpose of the cotangent, and equals the kernel
+  gradient of `lax.conv_general_dilated` to every order (float64)."""
+  keys = jax.random.split(jax.random.key(size[0]), 3)
+  with jax.enable_x64(True):
+    x = jax.random.normal(keys[0], (12, 6, 5, 1), jnp.float64)
+    cotangent = jax.random.normal(keys[1], (12, 6, 5, 4), jnp.float64)
+    kernel = jax.random.normal(keys[2], size + (1, 4), jnp.float64)
+
+    def kernel_gradient(conv):
+      return jax.jit(lambda x, g, k: jax.vjp(lambda k: conv(x, k), k)[1](g)[0])
+
+    def meta_gradient(conv):  # differentiates through the weight gradient: its transposes
+      def inner_loss(k):
+        return jnp.sum(jnp.tanh(conv(x, k)) * cotangent)
+      return jax.jit(jax.grad(lambda k: inner_loss(k - 0.1 * jax.grad(inner_loss)(k))))
+
+    native = kernel_gradient(_conv("native"))
+    _close(native(x, cotangent, kernel), kernel_gradient(_reference_conv)(x, cotangent, kernel))
+    _close(meta_gradient(_conv("native"))(kernel), meta_gradient(_reference_conv)(kernel))
+    text = native.lower(x, cotangent, kernel).compile().as_text()
+  assert not any(" convolution(" in line for line in text.splitlines())
+  assert sum(" dot(" in line for line in text.splitlines()) == 1
+
+
 def test_conv2d_validates_arguments():
   x, kernel = jnp.zeros((1, 4, 4, 2)), jnp.zeros((2, 2, 2, 3))
   with pytest.raises(ValueError, match="odd kernel"):

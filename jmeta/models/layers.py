@@ -87,7 +87,23 @@ def _weight_grad_chunked(x, g, *, size, images_per_chunk):
   return out
 
 
+def _weight_grad_one_channel(x, g, *, size):
+  """The weight gradient of a one-channel input (a grayscale first layer) as one matmul:
+  `[kh·kw, images·H·W]` shifted copies of the input times `g` as `[images·H·W, O]`. The
+  convolution form needs `g` transposed to `[H, W, images, O]`; this reads it as it is."""
+  kh, kw = size
+  images, height, width, _ = x.shape
+  (top, bottom), (left, right) = _padding(size)
+  padded = jnp.pad(x[..., 0], ((0, 0), (top, bottom), (left, right)))
+  shifted = jnp.stack([padded[:, dy:dy + height, dx:dx + width]
+                       for dy in range(kh) for dx in range(kw)])
+  out = shifted.reshape(kh * kw, -1) @ g.reshape(-1, g.shape[3])
+  return out.reshape(kh, kw, 1, g.shape[3])
+
+
 def _weight_grad_cpu_impl(x, g, *, size):
+  if x.shape[3] == 1:
+    return _weight_grad_one_channel(x, g, size=size)
   return _weight_grad_chunked(x, g, size=size, images_per_chunk=CPU_WEIGHT_GRAD_IMAGES_PER_CHUNK)
 
 
