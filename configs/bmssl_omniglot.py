@@ -22,7 +22,8 @@ Conv4's convolution biases and XLA's default loop emitter; since session 15 (no 
 batch norm, `--xla_cpu_use_fusion_emitters=false`: the same function, other float32 rounding,
 a 17% faster step) seed 0 gave 95.1 / 98.8 / 85.3 / 95.6, MNIST 74.7 / 90.0 in 24 min on a
 faster day, seed 1 95.5 / 98.9 / 86.0 / 95.9, MNIST 75.1 / 90.4: within the seeds' spread.
-`--config.model.conv_bias=True --xla_cpu_fast_flags=false` restores the old settings.
+`--config.model.conv_bias=True --xla_cpu_fast_flags=false` restores those two settings (not the
+old rounding: later speed changes round differently too; docs/RESULTS.md).
 
 How this setting was found (one change at a time, docs/RESULTS.md). N = 20, T = 4 is the best
 of the ablations (N = 5, T = 16 before; the 150-step sweep); training on the rotated
