@@ -71,11 +71,11 @@ def _weight_grad_impl(x, g, *, size):
   return out.transpose(1, 2, 0, 3)
 
 
-# XLA:CPU leaves the weight-gradient convolution (an H×W kernel over all images) to Eigen, whose
-# time grows faster than linearly in the number of images: at Conv4's query shapes, a sum of
-# convolutions over 5 images at a time takes about half the time of one over all 75
-# (benchmarks/conv_weight_grad.py, docs/PERFORMANCE.md). Other backends, and eager evaluation
-# outside `jit`, get one convolution.
+# XLA:CPU's weight-gradient convolution (an H×W kernel over all images; Eigen's, now YNNPACK's)
+# takes time that grows faster than linearly in the number of images: at Conv4's query shapes, a
+# sum of convolutions over 5 images at a time takes half to two thirds of the time of one over
+# all of them (benchmarks/conv_weight_grad.py, docs/PERFORMANCE.md). Other backends, and eager
+# evaluation outside `jit`, get one convolution.
 CPU_WEIGHT_GRAD_IMAGES_PER_CHUNK = 5
 
 
