@@ -6,7 +6,8 @@ r"""The weight-gradient convolution of `conv_impl="native"` against alternatives
 One JSON line per (images b, spatial size hw, input channels c) of Conv4 on 28x28 inputs, 64
 output channels: median ms of 50 jitted calls of the forward convolution (`fwd_ms`), the
 weight gradient as the library computes it (`wg_conv_ms`: on CPU one canonical XLA convolution
-per chunk of `layers.CPU_WEIGHT_GRAD_IMAGES_PER_CHUNK` images, summed), as one convolution
+per chunk of `layers.CPU_WEIGHT_GRAD_IMAGES_PER_CHUNK` images, summed; for one input channel one
+matmul of shifted images, since 2026-12-06), as one convolution
 over all images (`wg_one_conv_ms`, the library before 2026-11-30 and on other backends), as an
 im2col matmul (`wg_im2col_ms`) and as nine shifted matmuls (`wg_shift_ms`), and the
 alternatives' max relative differences to the library's result. With `--images_per_chunk`,
@@ -24,9 +25,11 @@ import numpy as np
 from jmeta.models import layers as L
 
 
-# Conv4 on 28x28: (images, spatial size, input channels) of each block, support and query sets.
+# Conv4 on 28x28: (images, spatial size, input channels) of each block, support and query sets;
+# last, a three-channel (RGB) first block, where the library keeps the convolutions: the rows
+# compare them with the im2col matmul (`wg_im2col_ms`).
 SHAPES = [(5, 28, 1), (5, 14, 64), (5, 7, 64), (5, 3, 64), (75, 28, 1), (75, 14, 64),
-          (75, 7, 64), (75, 3, 64), (80, 14, 64)]
+          (75, 7, 64), (75, 3, 64), (80, 14, 64), (5, 28, 3), (75, 28, 3)]
 
 
 def _kernel_gradient(impl):
