@@ -55,6 +55,7 @@ _SHAPES = [  # (B, H, W, C, O, kernel size)
     (2, 1, 1, 3, 2, 3),    # Conv4's last block on 28×28 inputs
     (2, 4, 6, 1, 3, 3),    # one input channel, as Conv4's first block
     (12, 5, 4, 3, 4, 3),   # more images than one chunk of the CPU weight gradient
+    (2, 6, 7, 64, 65, 3),  # enough channels and pixels for Winograd on CPU
 ]
 
 
@@ -222,6 +223,39 @@ def test_cpu_weight_gradient_of_one_input_channel_is_one_matmul(size):
     text = native.lower(x, cotangent, kernel).compile().as_text()
   assert not any(" convolution(" in line for line in text.splitlines())
   assert sum(" dot(" in line for line in text.splitlines()) == 1
+
+
+@pytest.mark.parametrize("shape, winograd", [
+    ((3, 6, 7, 64, 64), True),
+    ((3, 5, 7, 64, 64), False),   # too few pixels
+    ((3, 6, 7, 63, 64), False),   # too few input channels
+    ((3, 6, 7, 64, 63), False),   # too few output channels
+])
+def test_cpu_lowers_3x3_convolutions_with_enough_channels_and_pixels_to_winograd(shape, winograd):
+  """Where `_winograd_applies`, the compiled convolution and weight gradient have no convolution
+  (Winograd's matmuls instead), elsewhere they have; the values equal lax's either way."""
+  images, height, width, channels, out_channels = shape
+  keys = jax.random.split(jax.random.key(channels + out_channels), 3)
+  with jax.enable_x64(True):
+    x = jax.random.normal(keys[0], (images, height, width, channels), jnp.float64)
+    kernel = jax.random.normal(keys[1], (3, 3, channels, out_channels), jnp.float64)
+    cotangent = jax.random.normal(keys[2], (images, height, width, out_channels), jnp.float64)
+
+    def conv_and_kernel_gradient(conv):
+      def both(x, kernel, cotangent):
+        value, vjp = jax.vjp(lambda k: conv(x, k), kernel)
+        return value, vjp(cotangent)[0]
+      return jax.jit(both)
+
+    native = conv_and_kernel_gradient(_conv("native"))
+    _close(native(x, kernel, cotangent),
+           conv_and_kernel_gradient(_reference_conv)(x, kernel, cotangent))
+    lines = native.lower(x, kernel, cotangent).compile().as_text().splitlines()
+  convolutions = sum(" convolution(" in line for line in lines)
+  if winograd:
+    assert convolutions == 0 and sum(" dot(" in line for line in lines) == 2
+  else:
+    assert convolutions >= 2
 
 
 def test_conv2d_validates_arguments():

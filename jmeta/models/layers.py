@@ -11,6 +11,8 @@ first-, second- and third-order and forward-mode derivatives, under `vmap`):
   computation only), so inside `lax.scan`/`lax.map` (the inner loop) they ran on a naive
   fallback, up to 1 s per call. Here every convolution of the forward pass and of every
   derivative order is canonical and lands in the fast library kernel (~90 GFLOP/s per core).
+  On CPU, 3×3 convolutions with enough channels and pixels lower to Winograd's F(2×2, 3×3)
+  instead (`winograd.py`: 16 matmuls over channels in place of 36 multiplies per output block).
   Under `vmap` with per-task kernels, the batching rule runs one convolution per task instead of
   XLA's grouped convolution (which has no fast kernel on CPU).
 * "matmul": patch extraction plus one (batched) matrix multiply. Under `vmap` this becomes a
@@ -27,6 +29,8 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad
 from jax.interpreters import batching
 from jax.interpreters import mlir
+
+from jmeta.models import winograd
 
 CONV_IMPLS = ("matmul", "xla", "native")
 NORM_MODES = ("batch", "group", "none")
@@ -101,9 +105,29 @@ def _weight_grad_one_channel(x, g, *, size):
   return out.reshape(kh, kw, 1, g.shape[3])
 
 
+# Winograd F(2×2, 3×3) on CPU where it was measured faster than YNNPACK's direct convolutions:
+# 3×3 kernels, ≥ 64 channels in and out (at 32 it is level forward, slower for the weight
+# gradient), images ≥ 6×6 (level at 5×5; benchmarks/winograd_conv.py, docs/PERFORMANCE.md).
+WINOGRAD_MIN_CHANNELS = 64
+WINOGRAD_MIN_SIZE = 6
+
+
+def _winograd_applies(x, out_channels, size):
+  return (tuple(size) == (3, 3) and min(x.shape[3], out_channels) >= WINOGRAD_MIN_CHANNELS
+          and min(x.shape[1:3]) >= WINOGRAD_MIN_SIZE)
+
+
+def _conv_cpu_impl(x, kernel, *, size):
+  if _winograd_applies(x, kernel.shape[3], size):
+    return winograd.conv3x3(x, kernel)
+  return _conv_impl(x, kernel, size=size)
+
+
 def _weight_grad_cpu_impl(x, g, *, size):
   if x.shape[3] == 1:
     return _weight_grad_one_channel(x, g, size=size)
+  if _winograd_applies(x, g.shape[3], size):
+    return winograd.conv3x3_weight_grad(x, g)
   return _weight_grad_chunked(x, g, size=size, images_per_chunk=CPU_WEIGHT_GRAD_IMAGES_PER_CHUNK)
 
 
@@ -184,8 +208,9 @@ for _prim, _impl, _abstract, _batch in (
   _prim.def_abstract_eval(_abstract)
   mlir.register_lowering(_prim, mlir.lower_fun(_impl, multiple_results=False))
   batching.primitive_batchers[_prim] = _batch
-mlir.register_lowering(
-    _weight_grad_p, mlir.lower_fun(_weight_grad_cpu_impl, multiple_results=False), platform="cpu")
+for _prim, _cpu_impl in ((_conv_p, _conv_cpu_impl), (_weight_grad_p, _weight_grad_cpu_impl)):
+  mlir.register_lowering(_prim, mlir.lower_fun(_cpu_impl, multiple_results=False),
+                         platform="cpu")
 
 ad.defbilinear(_conv_p,
                lambda ct, x, kernel, size: _native_conv(ct, _flip_t(kernel)),

@@ -1,0 +1,100 @@
+r"""Winograd F(2×2, 3×3) (`jmeta/models/winograd.py`) against XLA:CPU's direct convolutions.
+
+  taskset -c 0 python benchmarks/winograd_conv.py                  # one core, as one device
+
+One JSON line per (images b, spatial size hw, channels c) — Conv4's 3×3 blocks on 28×28 inputs
+with 64 channels (support and query sets), and 32-channel and smaller-image rows around
+`layers.WINOGRAD_MIN_CHANNELS` / `WINOGRAD_MIN_SIZE`: median ms of 50 jitted calls of the direct
+convolution (`fwd_direct_ms`), Winograd's (`fwd_winograd_ms`), the direct weight gradient as
+the library computed it before Winograd (`wg_direct_ms`: one convolution per
+`layers.CPU_WEIGHT_GRAD_IMAGES_PER_CHUNK` images, summed), Winograd's (`wg_winograd_ms`, in chunks of `winograd.WEIGHT_GRAD_IMAGES_PER_CHUNK` images), and
+Winograd's max differences relative to the direct results (`fwd_err`, `wg_err`, float32).
+`winograd_applies` says whether the library uses Winograd at that shape. docs/PERFORMANCE.md,
+"Winograd convolutions".
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _REPO not in sys.path:
+  sys.path.insert(0, _REPO)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import xla_cpu
+from jmeta.models import layers as L
+from jmeta.models import winograd
+
+SHAPES = [(5, 14, 64), (5, 7, 64), (5, 3, 64), (75, 14, 64), (75, 7, 64), (75, 3, 64),
+          (75, 14, 32), (75, 7, 32), (75, 6, 64), (75, 5, 64), (75, 14, 16)]
+
+
+def direct_conv(x, kernel, g):
+  del g
+  return L._conv_impl(x, kernel, size=(3, 3))  # pylint: disable=protected-access
+
+
+def direct_weight_grad(x, kernel, g):
+  del kernel
+  return L._weight_grad_chunked(  # pylint: disable=protected-access
+      x, g, size=(3, 3), images_per_chunk=L.CPU_WEIGHT_GRAD_IMAGES_PER_CHUNK)
+
+
+def winograd_conv(x, kernel, g):
+  del g
+  return winograd.conv3x3(x, kernel)
+
+
+def winograd_weight_grad(x, kernel, g):
+  del kernel
+  return winograd.conv3x3_weight_grad(x, g)
+
+
+def median_ms(fn, *args, calls=50):
+  fn = jax.jit(fn)
+  out = fn(*args).block_until_ready()
+  times = []
+  for _ in range(calls):
+    start = time.perf_counter()
+    fn(*args).block_until_ready()
+    times.append(time.perf_counter() - start)
+  return out, 1e3 * float(np.median(times))
+
+
+def operands(b, hw, c):
+  keys = jax.random.split(jax.random.key(b * hw + c), 3)
+  return (jax.random.normal(keys[0], (b, hw, hw, c)),
+          jax.random.normal(keys[1], (3, 3, c, c)) / np.sqrt(9 * c),
+          jax.random.normal(keys[2], (b, hw, hw, c)))
+
+
+def relative_error(value, reference):
+  return float(np.max(np.abs(value - reference)) / np.max(np.abs(reference)))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.parse_args()
+  xla_cpu.add_fast_flags()  # the launchers' XLA flags, before JAX's backend starts
+  for b, hw, c in SHAPES:
+    x, kernel, g = operands(b, hw, c)
+    fwd, fwd_direct_ms = median_ms(direct_conv, x, kernel, g)
+    fwd_winograd, fwd_winograd_ms = median_ms(winograd_conv, x, kernel, g)
+    wg, wg_direct_ms = median_ms(direct_weight_grad, x, kernel, g)
+    wg_winograd, wg_winograd_ms = median_ms(winograd_weight_grad, x, kernel, g)
+    print(json.dumps({
+        "b": b, "hw": hw, "c": c, "mflop": 2 * b * hw * hw * 9 * c * c / 1e6,
+        "winograd_applies": L._winograd_applies(x, c, (3, 3)),  # pylint: disable=protected-access
+        "fwd_direct_ms": round(fwd_direct_ms, 3), "fwd_winograd_ms": round(fwd_winograd_ms, 3),
+        "wg_direct_ms": round(wg_direct_ms, 3), "wg_winograd_ms": round(wg_winograd_ms, 3),
+        "fwd_err": relative_error(fwd_winograd, fwd), "wg_err": relative_error(wg_winograd, wg),
+    }), flush=True)
+
+
+if __name__ == "__main__":
+  main()
