@@ -7,7 +7,8 @@ One JSON line per (images b, spatial size hw, input channels c) of Conv4 on 28x2
 output channels: median ms of 50 jitted calls of the forward convolution (`fwd_ms`), the
 weight gradient as the library computes it (`wg_conv_ms`: on CPU one canonical XLA convolution
 per chunk of `layers.CPU_WEIGHT_GRAD_IMAGES_PER_CHUNK` images, summed; for one input channel one
-matmul of shifted images, since 2026-12-06), as one convolution
+matmul of shifted images, since 2026-12-06; for ≥ 64 channels on ≥ 6×6 images Winograd's, since
+session 18: benchmarks/winograd_conv.py compares those), as one convolution
 over all images (`wg_one_conv_ms`, the library before 2026-11-30 and on other backends), as an
 im2col matmul (`wg_im2col_ms`) and as nine shifted matmuls (`wg_shift_ms`), and the
 alternatives' max relative differences to the library's result. With `--images_per_chunk`,
