@@ -7,16 +7,15 @@ with 64 channels (support and query sets), and 32-channel and smaller-image rows
 `layers.WINOGRAD_MIN_CHANNELS` / `WINOGRAD_MIN_SIZE`: median ms of 50 jitted calls of the direct
 convolution (`fwd_direct_ms`), Winograd's (`fwd_winograd_ms`), the direct weight gradient as
 the library computed it before Winograd (`wg_direct_ms`: one convolution per
-`layers.CPU_WEIGHT_GRAD_IMAGES_PER_CHUNK` images, summed), Winograd's (`wg_winograd_ms`, in chunks of `winograd.WEIGHT_GRAD_IMAGES_PER_CHUNK` images), and
-Winograd's max differences relative to the direct results (`fwd_err`, `wg_err`, float32).
-`winograd_applies` says whether the library uses Winograd at that shape. docs/PERFORMANCE.md,
-"Winograd convolutions".
+`layers.CPU_WEIGHT_GRAD_IMAGES_PER_CHUNK` images, summed), Winograd's (`wg_winograd_ms`, summed
+over chunks of `winograd.WEIGHT_GRAD_IMAGES_PER_CHUNK` images), and Winograd's max differences
+relative to the direct results (`fwd_err`, `wg_err`, float32). `winograd_applies` says whether
+the library uses Winograd at that shape. docs/PERFORMANCE.md, "Winograd convolutions".
 """
 import argparse
 import json
 import os
 import sys
-import time
 
 import jax
 import numpy as np
@@ -26,6 +25,7 @@ if _REPO not in sys.path:
   sys.path.insert(0, _REPO)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from conv_weight_grad import median_ms  # benchmarks/ is the script's directory
 from experiments import xla_cpu
 from jmeta.models import layers as L
 from jmeta.models import winograd
@@ -53,17 +53,6 @@ def winograd_conv(x, kernel, g):
 def winograd_weight_grad(x, kernel, g):
   del kernel
   return winograd.conv3x3_weight_grad(x, g)
-
-
-def median_ms(fn, *args, calls=50):
-  fn = jax.jit(fn)
-  out = fn(*args).block_until_ready()
-  times = []
-  for _ in range(calls):
-    start = time.perf_counter()
-    fn(*args).block_until_ready()
-    times.append(time.perf_counter() - start)
-  return out, 1e3 * float(np.median(times))
 
 
 def operands(b, hw, c):
