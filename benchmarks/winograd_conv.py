@@ -1,6 +1,7 @@
 r"""Winograd F(2×2, 3×3) (`jmeta/models/winograd.py`) against XLA:CPU's direct convolutions.
 
   taskset -c 0 python benchmarks/winograd_conv.py                  # one core, as one device
+  taskset -c 0 python benchmarks/winograd_conv.py --images_per_chunk=5,15,25,75   # chunk sweep
 
 One JSON line per (images b, spatial size hw, channels c) — Conv4's 3×3 blocks on 28×28 inputs
 with 64 channels (support and query sets), and 32-channel and smaller-image rows around
@@ -10,14 +11,19 @@ the library computed it before Winograd (`wg_direct_ms`: one convolution per
 `layers.CPU_WEIGHT_GRAD_IMAGES_PER_CHUNK` images, summed), Winograd's (`wg_winograd_ms`, summed
 over chunks of `winograd.WEIGHT_GRAD_IMAGES_PER_CHUNK` images), and Winograd's max differences
 relative to the direct results (`fwd_err`, `wg_err`, float32). `winograd_applies` says whether
-the library uses Winograd at that shape. docs/PERFORMANCE.md, "Winograd convolutions".
+the library uses Winograd at that shape. With `--images_per_chunk`, instead: for the 75-image
+shapes where Winograd applies, its weight gradient (`wg_ms`) summed over chunks of each given
+size, and its forward convolution (`fwd_ms`) in chunks of each size, concatenated (the library
+runs the forward in one piece). docs/PERFORMANCE.md, "Winograd convolutions".
 """
 import argparse
+import functools
 import json
 import os
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,10 +72,42 @@ def relative_error(value, reference):
   return float(np.max(np.abs(value - reference)) / np.max(np.abs(reference)))
 
 
+def forward_in_chunks(x, kernel, g, *, images_per_chunk):
+  del g
+  return jnp.concatenate([winograd.conv3x3(x[start:start + images_per_chunk], kernel)
+                          for start in range(0, x.shape[0], images_per_chunk)])
+
+
+def weight_grad_in_chunks(x, kernel, g, *, images_per_chunk):
+  del kernel
+  return winograd.conv3x3_weight_grad(x, g, images_per_chunk=images_per_chunk)
+
+
+def chunk_sweep(sizes):
+  # A new partial per size: `jax.jit` caches traces by function, so one function patched to
+  # another chunk size would be timed at the first size every time.
+  for b, hw, c in SHAPES:
+    args = operands(b, hw, c)
+    applies = L._winograd_applies(args[0], c, (3, 3))  # pylint: disable=protected-access
+    if b < max(sizes) or not applies:
+      continue
+    row = {"b": b, "hw": hw, "c": c, "fwd_ms": {}, "wg_ms": {}}
+    for size in sizes:
+      for key, fn in (("fwd_ms", forward_in_chunks), ("wg_ms", weight_grad_in_chunks)):
+        row[key][size] = round(
+            median_ms(functools.partial(fn, images_per_chunk=size), *args)[1], 3)
+    print(json.dumps(row), flush=True)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.parse_args()
+  parser.add_argument("--images_per_chunk", default="",
+                      help="comma list of chunk sizes: run the chunk-size sweep instead")
+  args = parser.parse_args()
   xla_cpu.add_fast_flags()  # the launchers' XLA flags, before JAX's backend starts
+  if args.images_per_chunk:
+    chunk_sweep([int(size) for size in args.images_per_chunk.split(",")])
+    return
   for b, hw, c in SHAPES:
     x, kernel, g = operands(b, hw, c)
     fwd, fwd_direct_ms = median_ms(direct_conv, x, kernel, g)

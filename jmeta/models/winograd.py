@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 # The weight gradient sums its products over chunks of this many images: on XLA:CPU one product
 # over all 75 query images' tiles (Conv4, 14×14) took 2.5× as long as five of 15 images
-# (benchmarks/winograd_conv.py). The forward convolution is as fast either way.
+# (`benchmarks/winograd_conv.py --images_per_chunk=5,15,25,75`).
 WEIGHT_GRAD_IMAGES_PER_CHUNK = 15
 
 
@@ -47,16 +47,20 @@ def _input_transform_1d(value, axis, tiles):
   return [d0 - d2, d1 + d2, d2 - d1, d1 - d3]
 
 
+def _transform_tiles(padded, transform_1d, tiles_h, tiles_w):
+  """`transform_1d` along the rows, then the columns, of every tile: [16, images·tiles, C]."""
+  # Materialising the row transform first is 3× faster on XLA:CPU than one fusion of both.
+  rows = jax.lax.optimization_barrier(jnp.stack(transform_1d(padded, 1, tiles_h)))
+  tiles = jnp.stack(transform_1d(rows, 3, tiles_w), axis=1)
+  return tiles.reshape(16, padded.shape[0] * tiles_h * tiles_w, padded.shape[3])
+
+
 def _input_tiles(x):
   """Bᵀ d B of every 4×4 tile of the SAME-padded `x`: [16, images·tiles, C]."""
-  images, height, width, channels = x.shape
   tiles_h, tiles_w = _tile_counts(x)
-  padded = jnp.pad(x, ((0, 0), (1, 2 * tiles_h + 1 - height), (1, 2 * tiles_w + 1 - width),
+  padded = jnp.pad(x, ((0, 0), (1, 2 * tiles_h + 1 - x.shape[1]), (1, 2 * tiles_w + 1 - x.shape[2]),
                        (0, 0)))
-  # Materialising the row transform first is 3× faster on XLA:CPU than one fusion of both.
-  rows = jax.lax.optimization_barrier(jnp.stack(_input_transform_1d(padded, 1, tiles_h)))
-  tiles = jnp.stack(_input_transform_1d(rows, 3, tiles_w), axis=1)
-  return tiles.reshape(16, images * tiles_h * tiles_w, channels)
+  return _transform_tiles(padded, _input_transform_1d, tiles_h, tiles_w)
 
 
 def _output_grad_transform_1d(value, axis, tiles):
@@ -65,14 +69,12 @@ def _output_grad_transform_1d(value, axis, tiles):
   return [g0, g0 + g1, g0 - g1, -g1]
 
 
-def _output_grad_tiles(g, tiles_h, tiles_w):
+def _output_grad_tiles(g):
   """A g Aᵀ of every 2×2 output block of `g` (zero-padded to whole blocks): [16, blocks, O]."""
-  images, height, width, channels = g.shape
-  padded = jnp.pad(g, ((0, 0), (0, 2 * tiles_h - height), (0, 2 * tiles_w - width), (0, 0)))
-  rows = jax.lax.optimization_barrier(
-      jnp.stack(_output_grad_transform_1d(padded, 1, tiles_h)))
-  tiles = jnp.stack(_output_grad_transform_1d(rows, 3, tiles_w), axis=1)
-  return tiles.reshape(16, images * tiles_h * tiles_w, channels)
+  tiles_h, tiles_w = _tile_counts(g)
+  padded = jnp.pad(g, ((0, 0), (0, 2 * tiles_h - g.shape[1]), (0, 2 * tiles_w - g.shape[2]),
+                       (0, 0)))
+  return _transform_tiles(padded, _output_grad_transform_1d, tiles_h, tiles_w)
 
 
 def _kernel_transform(kernel):
@@ -94,9 +96,10 @@ def _kernel_untransform(products):
   return along(along(products.reshape((4, 4) + products.shape[1:]), 0), 1)
 
 
-def _output_untile(products, images, height, width):
-  """Aᵀ m A: [16, images·tiles, O] -> [images, height, width, O]."""
-  tiles_h, tiles_w = (height + 1) // 2, (width + 1) // 2
+def _output_untile(products, x):
+  """Aᵀ m A: [16, images·tiles, O] -> the convolution of `x`, [images, height, width, O]."""
+  images, height, width, _ = x.shape
+  tiles_h, tiles_w = _tile_counts(x)
   m = products.reshape(4, 4, images, tiles_h, tiles_w, -1)
   # [4 (column position), images, tiles_h, 2 (row in block), tiles_w, O]
   rows = jax.lax.optimization_barrier(
@@ -110,15 +113,14 @@ def conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
   if kernel.shape[:2] != (3, 3):
     raise ValueError(f"winograd.conv3x3 needs a 3×3 kernel, got {kernel.shape[:2]}")
   products = jnp.einsum("tpc,tco->tpo", _input_tiles(x), _kernel_transform(kernel))
-  return _output_untile(products, *x.shape[:3])
+  return _output_untile(products, x)
 
 
-def conv3x3_weight_grad(x: jax.Array, g: jax.Array) -> jax.Array:
+def conv3x3_weight_grad(x: jax.Array, g: jax.Array, *,
+                        images_per_chunk: int = WEIGHT_GRAD_IMAGES_PER_CHUNK) -> jax.Array:
   """The gradient of Σ conv3x3(x, k) · g in k: [3, 3, C, O] for x [N, H, W, C], g [N, H, W, O]."""
-  tiles_h, tiles_w = _tile_counts(x)
   products = 0
-  for start in range(0, x.shape[0], WEIGHT_GRAD_IMAGES_PER_CHUNK):
-    chunk = slice(start, start + WEIGHT_GRAD_IMAGES_PER_CHUNK)
-    products += jnp.einsum("tpc,tpo->tco", _input_tiles(x[chunk]),
-                           _output_grad_tiles(g[chunk], tiles_h, tiles_w))
+  for start in range(0, x.shape[0], images_per_chunk):
+    chunk = slice(start, start + images_per_chunk)
+    products += jnp.einsum("tpc,tpo->tco", _input_tiles(x[chunk]), _output_grad_tiles(g[chunk]))
   return _kernel_untransform(products)
