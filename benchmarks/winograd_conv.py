@@ -1,20 +1,23 @@
-r"""Winograd F(2×2, 3×3) (`jmeta/models/winograd.py`) against XLA:CPU's direct convolutions.
+r"""Winograd F(2×2, 3×3) and F(4×4, 3×3) (`jmeta/models/winograd.py`) against XLA:CPU's direct
+convolutions.
 
   taskset -c 0 python benchmarks/winograd_conv.py                  # one core, as one device
   taskset -c 0 python benchmarks/winograd_conv.py --images_per_chunk=5,15,25,75   # chunk sweep
 
 One JSON line per (images b, spatial size hw, channels c) — Conv4's 3×3 blocks on 28×28 inputs
 with 64 channels (support and query sets), and 32-channel and smaller-image rows around
-`layers.WINOGRAD_MIN_CHANNELS` / `WINOGRAD_MIN_SIZE`: median ms of 50 jitted calls of the direct
-convolution (`fwd_direct_ms`), Winograd's (`fwd_winograd_ms`), the direct weight gradient as
-the library computed it before Winograd (`wg_direct_ms`: one convolution per
-`layers.CPU_WEIGHT_GRAD_IMAGES_PER_CHUNK` images, summed), Winograd's (`wg_winograd_ms`, summed
-over chunks of `winograd.WEIGHT_GRAD_IMAGES_PER_CHUNK` images), and Winograd's max differences
-relative to the direct results (`fwd_err`, `wg_err`, float32). `winograd_applies` says whether
-the library uses Winograd at that shape. With `--images_per_chunk`, instead: for the 75-image
-shapes where Winograd applies, its weight gradient (`wg_ms`) summed over chunks of each given
-size, and its forward convolution (`fwd_ms`) in chunks of each size, concatenated (the library
-runs the forward in one piece). docs/PERFORMANCE.md, "Winograd convolutions".
+`layers.WINOGRAD_MIN_CHANNELS` / `WINOGRAD_MIN_SIZE`: median ms of 50 jitted calls of the
+forward convolution (`fwd_*_ms`) and the weight gradient (`wg_*_ms`), each computed directly
+(`direct`: XLA's convolution; the weight gradient as the library computed it before Winograd,
+one convolution per `layers.CPU_WEIGHT_GRAD_IMAGES_PER_CHUNK` images, summed) and as F(2×2,
+3×3) (`f2`) and F(4×4, 3×3) (`f4`; weight gradients summed over chunks of
+`winograd.WEIGHT_GRAD_IMAGES_PER_CHUNK` images), with each float32 result's max difference from
+the float64 direct result relative to its largest entry (`*_err`). `winograd_applies` says
+whether the library uses Winograd at that shape, `best_output_tile` which tile it uses. With
+`--images_per_chunk`, instead: for the 75-image shapes where Winograd applies, the library's
+Winograd weight gradient (`wg_ms`) summed over chunks of each given size, and its forward
+convolution (`fwd_ms`) in chunks of each size, concatenated (the library runs the forward in one
+piece). docs/PERFORMANCE.md, "Winograd convolutions".
 """
 import argparse
 import functools
@@ -51,14 +54,14 @@ def direct_weight_grad(x, kernel, g):
       x, g, size=(3, 3), images_per_chunk=L.CPU_WEIGHT_GRAD_IMAGES_PER_CHUNK)
 
 
-def winograd_conv(x, kernel, g):
+def winograd_conv(x, kernel, g, *, output_tile):
   del g
-  return winograd.conv3x3(x, kernel)
+  return winograd.conv3x3(x, kernel, output_tile=output_tile)
 
 
-def winograd_weight_grad(x, kernel, g):
+def winograd_weight_grad(x, kernel, g, *, output_tile):
   del kernel
-  return winograd.conv3x3_weight_grad(x, g)
+  return winograd.conv3x3_weight_grad(x, g, output_tile=output_tile)
 
 
 def operands(b, hw, c):
@@ -69,7 +72,8 @@ def operands(b, hw, c):
 
 
 def relative_error(value, reference):
-  return float(np.max(np.abs(value - reference)) / np.max(np.abs(reference)))
+  return float(np.max(np.abs(np.asarray(value, np.float64) - reference))
+               / np.max(np.abs(reference)))
 
 
 def forward_in_chunks(x, kernel, g, *, images_per_chunk):
@@ -110,17 +114,22 @@ def main():
     return
   for b, hw, c in SHAPES:
     x, kernel, g = operands(b, hw, c)
-    fwd, fwd_direct_ms = median_ms(direct_conv, x, kernel, g)
-    fwd_winograd, fwd_winograd_ms = median_ms(winograd_conv, x, kernel, g)
-    wg, wg_direct_ms = median_ms(direct_weight_grad, x, kernel, g)
-    wg_winograd, wg_winograd_ms = median_ms(winograd_weight_grad, x, kernel, g)
-    print(json.dumps({
-        "b": b, "hw": hw, "c": c, "mflop": 2 * b * hw * hw * 9 * c * c / 1e6,
-        "winograd_applies": L._winograd_applies(x, c, (3, 3)),  # pylint: disable=protected-access
-        "fwd_direct_ms": round(fwd_direct_ms, 3), "fwd_winograd_ms": round(fwd_winograd_ms, 3),
-        "wg_direct_ms": round(wg_direct_ms, 3), "wg_winograd_ms": round(wg_winograd_ms, 3),
-        "fwd_err": relative_error(fwd_winograd, fwd), "wg_err": relative_error(wg_winograd, wg),
-    }), flush=True)
+    with jax.enable_x64(True):
+      exact = [np.asarray(fn(*(np.asarray(a, np.float64) for a in (x, kernel, g))))
+               for fn in (direct_conv, direct_weight_grad)]
+    applies = L._winograd_applies(x, c, (3, 3))  # pylint: disable=protected-access
+    row = {"b": b, "hw": hw, "c": c, "mflop": 2 * b * hw * hw * 9 * c * c / 1e6,
+           "winograd_applies": applies, "best_output_tile": winograd.best_output_tile(hw, hw)}
+    methods = [("direct", direct_conv, direct_weight_grad)] + [
+        (f"f{tile}", functools.partial(winograd_conv, output_tile=tile),
+         functools.partial(winograd_weight_grad, output_tile=tile))
+        for tile in winograd.OUTPUT_TILES]
+    for name, conv, weight_grad in methods:
+      for kind, fn, reference in (("fwd", conv, exact[0]), ("wg", weight_grad, exact[1])):
+        value, ms = median_ms(fn, x, kernel, g)
+        row[f"{kind}_{name}_ms"] = round(ms, 3)
+        row[f"{kind}_{name}_err"] = relative_error(value, reference)
+    print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ first-, second- and third-order and forward-mode derivatives, under `vmap`):
   computation only), so inside `lax.scan`/`lax.map` (the inner loop) they ran on a naive
   fallback, up to 1 s per call. Here every convolution of the forward pass and of every
   derivative order is canonical and lands in the fast library kernel (~90 GFLOP/s per core).
-  On CPU, 3×3 convolutions with enough channels and pixels lower to Winograd's F(2×2, 3×3)
-  instead (`winograd.py`: 16 matmuls over channels in place of 36 multiplies per output block).
+  On CPU, 3×3 convolutions with enough channels and pixels lower to Winograd's F(4×4, 3×3) or
+  F(2×2, 3×3) instead (`winograd.py`: 36 or 16 matmuls over channels in place of 144 or 36
+  multiplies per output block).
   Under `vmap` with per-task kernels, the batching rule runs one convolution per task instead of
   XLA's grouped convolution (which has no fast kernel on CPU).
 * "matmul": patch extraction plus one (batched) matrix multiply. Under `vmap` this becomes a
@@ -105,7 +106,8 @@ def _weight_grad_one_channel(x, g, *, size):
   return out.reshape(kh, kw, 1, g.shape[3])
 
 
-# Winograd F(2×2, 3×3) on CPU where it was measured faster than YNNPACK's direct convolutions:
+# Winograd (F(2×2, 3×3) or F(4×4, 3×3), `winograd.best_output_tile`) on CPU where it was measured
+# faster than YNNPACK's direct convolutions:
 # 3×3 kernels, ≥ 64 channels in and out (at 32 it is level forward, slower for the weight
 # gradient), images ≥ 6×6 (level at 5×5; benchmarks/winograd_conv.py, docs/PERFORMANCE.md).
 WINOGRAD_MIN_CHANNELS = 64
