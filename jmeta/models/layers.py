@@ -107,9 +107,10 @@ def _weight_grad_one_channel(x, g, *, size):
 
 
 # Winograd (F(2×2, 3×3) or F(4×4, 3×3), `winograd.best_output_tile`) on CPU where it was measured
-# faster than YNNPACK's direct convolutions:
-# 3×3 kernels, ≥ 64 channels in and out (at 32 it is level forward, slower for the weight
-# gradient), images ≥ 6×6 (level at 5×5; benchmarks/winograd_conv.py, docs/PERFORMANCE.md).
+# faster than YNNPACK's direct convolutions: 3×3 kernels, ≥ 64 channels in and out, images ≥ 6×6
+# (with F(2×2, 3×3), 32 channels were level forward and slower for the weight gradient, and 5×5
+# images level; with F(4×4, 3×3) 32 channels won in one run of benchmarks/winograd_conv.py but
+# were not measured in a step; docs/PERFORMANCE.md).
 WINOGRAD_MIN_CHANNELS = 64
 WINOGRAD_MIN_SIZE = 6
 

@@ -56,10 +56,15 @@ OUTPUT_TILES = tuple(_TRANSFORMS)
 WEIGHT_GRAD_IMAGES_PER_CHUNK = 15
 
 
+def _tiles(length, output_tile):
+  """How many output tiles cover `length` pixels (the last may hang over the edge)."""
+  return -(-length // output_tile)
+
+
 def multiplies(height: int, width: int, output_tile: int) -> int:
   """Multiplies per channel pair and image of F(m×m, 3×3) on a height × width image (whole
   tiles: the last row and column of tiles may hang over the edge)."""
-  return (output_tile + 2) ** 2 * -(-height // output_tile) * -(-width // output_tile)
+  return (output_tile + 2) ** 2 * _tiles(height, output_tile) * _tiles(width, output_tile)
 
 
 def best_output_tile(height: int, width: int) -> int:
@@ -70,7 +75,8 @@ def best_output_tile(height: int, width: int) -> int:
   return min(OUTPUT_TILES, key=lambda tile: (multiplies(height, width, tile), tile))
 
 
-def _check_output_tile(output_tile, x):
+def _resolve_output_tile(output_tile, x):
+  """`output_tile` checked, or for None the best one for `x`'s image size."""
   if output_tile is None:
     return best_output_tile(x.shape[1], x.shape[2])
   if output_tile not in _TRANSFORMS:
@@ -101,7 +107,7 @@ def _combine(matrix, parts):
 
 
 def _tile_counts(x, output_tile):
-  return -(-x.shape[1] // output_tile), -(-x.shape[2] // output_tile)
+  return _tiles(x.shape[1], output_tile), _tiles(x.shape[2], output_tile)
 
 
 def _windows(value, axis, tiles, stride, size):
@@ -182,7 +188,7 @@ def conv3x3(x: jax.Array, kernel: jax.Array, *,
   as F(output_tile × output_tile, 3×3) (None: `best_output_tile` for the image size)."""
   if kernel.shape[:2] != (3, 3):
     raise ValueError(f"winograd.conv3x3 needs a 3×3 kernel, got {kernel.shape[:2]}")
-  output_tile = _check_output_tile(output_tile, x)
+  output_tile = _resolve_output_tile(output_tile, x)
   products = jnp.einsum("tpc,tco->tpo", _input_tiles(x, output_tile),
                         _kernel_transform(kernel, output_tile))
   return _output_untile(products, x, output_tile)
@@ -191,7 +197,7 @@ def conv3x3(x: jax.Array, kernel: jax.Array, *,
 def conv3x3_weight_grad(x: jax.Array, g: jax.Array, *, output_tile: Optional[int] = None,
                         images_per_chunk: int = WEIGHT_GRAD_IMAGES_PER_CHUNK) -> jax.Array:
   """The gradient of Σ conv3x3(x, k) · g in k: [3, 3, C, O] for x [N, H, W, C], g [N, H, W, O]."""
-  output_tile = _check_output_tile(output_tile, x)
+  output_tile = _resolve_output_tile(output_tile, x)
   products = 0
   for start in range(0, x.shape[0], images_per_chunk):
     chunk = slice(start, start + images_per_chunk)
