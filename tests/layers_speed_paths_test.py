@@ -7,6 +7,7 @@ inner gradients; `jax.jvp(jax.grad(...))` is a Hessian-vector product), under `v
 and per-task kernels, inside `lax.scan`/`lax.map`, and on the peer-harness workload itself.
 Derivative checks run in float64 so that "equal" means equal up to rounding.
 """
+import functools
 import os
 import pathlib
 import re
@@ -406,6 +407,102 @@ def test_batch_norm_relu_max_pool_equals_the_layers_in_order(shape):
 
     _close(derivatives(layers.batch_norm_relu_max_pool),
            derivatives(_unfused_batch_norm_relu_max_pool), rtol=1e-8, atol=1e-10)
+
+
+def _unfused_conv_batch_norm_relu_max_pool(x, kernel, bias, scale, offset, impl):
+  return _unfused_batch_norm_relu_max_pool(layers.conv2d(x, kernel, bias, impl=impl), scale,
+                                           offset)
+
+
+@pytest.mark.parametrize("impl", layers.CONV_IMPLS)
+@pytest.mark.parametrize("x_shape,kernel_shape,with_bias", [
+    ((4, 6, 6, 1), (3, 3, 1, 5), False),   # statistics from the patches (K = 9)
+    ((3, 7, 5, 1), (3, 3, 1, 4), False),   # odd sizes: dropped rows still count
+    ((4, 6, 6, 3), (1, 1, 3, 4), False),   # K = 3 from three channels
+    ((4, 6, 6, 1), (3, 3, 1, 4), True),    # a bias: the statistics of the output
+    ((3, 6, 6, 2), (3, 3, 2, 4), False),   # K = 18: the statistics of the output
+])
+def test_conv_batch_norm_relu_max_pool_equals_the_layers_in_order(impl, x_shape, kernel_shape,
+                                                                   with_bias):
+  """Batch statistics from the input patches' mean and covariance are the same function as from
+  the convolution's output, with the same derivatives in every argument (the images too), to
+  third order and in forward mode, under jit and vmap, for every convolution impl."""
+  keys = jax.random.split(jax.random.key(12), 6)
+  with jax.enable_x64(True):
+    x = jax.random.uniform(keys[0], x_shape, jnp.float64)
+    kernel = jax.random.normal(keys[1], kernel_shape, jnp.float64)
+    out_channels = kernel_shape[-1]
+    bias = jax.random.normal(keys[2], (out_channels,), jnp.float64) if with_bias else None
+    scale = jax.random.normal(keys[3], (out_channels,), jnp.float64).at[0].set(-0.7)
+    offset = jax.random.normal(keys[4], (out_channels,), jnp.float64).at[0].set(0.8)
+    pooled_shape = (x_shape[0], x_shape[1] // 2, x_shape[2] // 2, out_channels)
+    weights = jax.random.normal(keys[5], pooled_shape, jnp.float64)
+    fused = functools.partial(layers.conv_batch_norm_relu_max_pool, impl=impl)
+    unfused = functools.partial(_unfused_conv_batch_norm_relu_max_pool, impl=impl)
+    np.testing.assert_allclose(fused(x, kernel, bias, scale, offset),
+                               unfused(x, kernel, bias, scale, offset), rtol=1e-12, atol=1e-12)
+
+    def derivatives(layer):
+      loss = lambda x, k, s: jnp.sum(jnp.sin(layer(x, k, bias, s, offset)) * weights)
+      grad = jax.grad(loss, argnums=(0, 1, 2))
+      second = lambda x, k, s: sum(jnp.sum(g ** 2) for g in grad(x, k, s)) + loss(x, k, s)
+      third = lambda x, k, s: jnp.sum(jax.grad(second, argnums=1)(x, k, s) ** 2)
+      batched = jax.vmap(jax.grad(second, argnums=(0, 1)), in_axes=(0, None, None))
+      affine = lambda b, o: jnp.sum(jnp.sin(layer(x, kernel, b, scale, o)) * weights)
+      return (grad(x, kernel, scale),
+              jax.grad(affine, argnums=(0, 1) if with_bias else 1)(bias, offset),
+              jax.jit(jax.grad(second, argnums=(0, 1, 2)))(x, kernel, scale),
+              jax.grad(third, argnums=(0, 1))(x, kernel, scale),
+              jax.jvp(lambda k: grad(x, k, scale), (kernel,), (kernel ** 2,))[1],
+              batched(jnp.stack([x, 0.5 * x + 0.25]), kernel, scale))
+
+    _close(derivatives(fused), derivatives(unfused), rtol=1e-8, atol=1e-10)
+
+
+def _equations(jaxpr):
+  """Every equation of `jaxpr` and of the jaxprs nested in its equations' parameters."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        sub = getattr(sub, "jaxpr", sub)
+        if hasattr(sub, "eqns"):
+          yield from _equations(sub)
+
+
+def test_conv_batch_norm_relu_max_pool_reads_the_output_only_to_pool():
+  """With patch statistics, no reduction in the layer or its gradient runs over the [B, H, W, O]
+  convolution output (the point of the layer); above the size limit, or with a bias, the
+  output's own statistics are used."""
+  scale, offset = jnp.ones(5), jnp.zeros(5)
+
+  def output_reductions(x, kernel, bias=None):
+    loss = lambda k, s: jnp.sum(layers.conv_batch_norm_relu_max_pool(x, k, bias, s, offset))
+    jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(kernel, scale).jaxpr
+    return [eqn for eqn in _equations(jaxpr) if eqn.primitive.name == "reduce_sum"
+            and eqn.invars[0].aval.shape[:3] == (4, 8, 8)]
+
+  assert not output_reductions(jnp.ones((4, 8, 8, 1)), jnp.ones((3, 3, 1, 5)))
+  assert output_reductions(jnp.ones((4, 8, 8, 2)), jnp.ones((3, 3, 2, 5)))
+  assert output_reductions(jnp.ones((4, 8, 8, 1)), jnp.ones((3, 3, 1, 5)), jnp.ones(5))
+
+
+def test_conv_batch_norm_relu_max_pool_is_as_accurate_in_float32():
+  """float32 embeddings of Omniglot-like first blocks (binary strokes, 75 images): statistics
+  from the patches are at least as close to float64 as those from the output."""
+  keys = jax.random.split(jax.random.key(13), 4)
+  images = (jax.random.uniform(keys[0], (75, 28, 28, 1)) > 0.8).astype(jnp.float32)
+  kernel = layers.uniform_init(keys[1], (3, 3, 1, 64), fan_in=9)
+  scale = 1.0 + 0.1 * jax.random.normal(keys[2], (64,))
+  offset = 0.1 * jax.random.normal(keys[3], (64,))
+  args = (images, kernel, None, scale, offset)
+  with jax.enable_x64(True):
+    reference = np.asarray(layers.conv_batch_norm_relu_max_pool(
+        *[None if a is None else jnp.asarray(a, jnp.float64) for a in args]))
+  fused = np.asarray(layers.conv_batch_norm_relu_max_pool(*args), np.float64)
+  unfused = np.asarray(_unfused_conv_batch_norm_relu_max_pool(*args, impl="native"), np.float64)
+  error = lambda a: np.max(np.abs(a - reference))
+  assert error(fused) <= 2 * error(unfused) + 1e-6, (error(fused), error(unfused))
 
 
 def test_conv4_with_batch_norm_is_conv_norm_relu_pool_in_that_order():

@@ -78,11 +78,12 @@ def make(*, image_size: int = 28, channels: int = 1, width: int = 64, num_blocks
     x = images
     for index in range(num_blocks):
       block = params[f"block{index}"]
-      x = layers.conv2d(x, block["conv"]["kernel"], block["conv"].get("bias"), impl=conv_impl)
+      kernel, bias = block["conv"]["kernel"], block["conv"].get("bias")
       scale, offset = block["norm"]["scale"], block["norm"]["offset"]
       if norm == "batch":  # the same function, with the pooling first (see the layer)
-        x = layers.batch_norm_relu_max_pool(x, scale, offset)
+        x = layers.conv_batch_norm_relu_max_pool(x, kernel, bias, scale, offset, impl=conv_impl)
       else:
+        x = layers.conv2d(x, kernel, bias, impl=conv_impl)
         x = layers.normalize(x, scale, offset, mode=norm, num_groups=num_groups)
         x = layers.max_pool2x2(jax.nn.relu(x))
     return x.reshape(x.shape[0], -1)

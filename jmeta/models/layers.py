@@ -223,6 +223,17 @@ ad.defbilinear(_weight_grad_p,
                lambda ct, x, g, size: _native_conv(x, ct))
 
 
+def _patches(x: jax.Array, size) -> jax.Array:
+  """Every output pixel's zero-padded 'SAME' input window: `[B, H, W, C]` -> `[B·H·W, kh·kw·C]`,
+  each row ordered (dy, dx, c) like the rows of an HWIO kernel reshaped to `[kh·kw·C, O]`."""
+  batch, height, width, channels = x.shape
+  (top, bottom), (left, right) = _padding(size)
+  padded = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+  windows = jnp.concatenate([padded[:, dy:dy + height, dx:dx + width, :]
+                             for dy in range(size[0]) for dx in range(size[1])], axis=-1)
+  return windows.reshape(batch * height * width, size[0] * size[1] * channels)
+
+
 def conv2d(x: jax.Array, kernel: jax.Array, bias: Optional[jax.Array] = None, *,
            impl: str = "native") -> jax.Array:
   """Stride-1 'SAME' convolution with an odd kernel.
@@ -245,16 +256,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, bias: Optional[jax.Array] = None, *,
   elif impl == "xla":
     out = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=_NHWC)
   else:
-    batch, height, width, channels = x.shape
-    size_h, size_w = kernel.shape[:2]
-    pad_h, pad_w = size_h // 2, size_w // 2
-    padded = jnp.pad(x, ((0, 0), (pad_h, pad_h), (pad_w, pad_w), (0, 0)))
-    patches = jnp.concatenate(
-        [padded[:, dy:dy + height, dx:dx + width, :] for dy in range(size_h)
-         for dx in range(size_w)], axis=-1)  # [B, H, W, kh*kw*C], ordered (dy, dx, c) like HWIO
-    out = patches.reshape(batch * height * width, size_h * size_w * channels) @ kernel.reshape(
-        size_h * size_w * channels, -1)
-    out = out.reshape(batch, height, width, -1)
+    out = _patches(x, kernel.shape[:2]) @ kernel.reshape(-1, kernel.shape[3])
+    out = out.reshape(x.shape[:3] + (kernel.shape[3],))
   if bias is not None:
     out = out + bias
   return out
@@ -383,10 +386,59 @@ def batch_norm_relu_max_pool(x: jax.Array, scale: jax.Array, offset: jax.Array, 
   pooling in one").
   """
   centred, mean, inv_std = _batch_statistics(x, eps)
+  return _pool_normalize_relu(centred, mean, inv_std, scale, offset)
+
+
+def _pool_normalize_relu(x, mean, inv_std, scale, offset):
+  """`batch_norm_relu_max_pool` given the statistics of `x` (see there)."""
   factor = inv_std * scale
   sign = jax.lax.stop_gradient(jnp.where(factor < 0, -1.0, 1.0).astype(x.dtype))
-  winners = max_pool2x2(centred * sign) * sign
+  winners = max_pool2x2(x * sign) * sign
   return jax.nn.relu((winners - mean) * factor + offset)
+
+
+# `conv_batch_norm_relu_max_pool` takes the statistics from the input's patches where a patch has
+# at most this many entries: a 3×3 convolution of one-channel images (Conv4's first block on
+# Omniglot), the only case measured (docs/PERFORMANCE.md, "Batch statistics from the input
+# patches"). The patches' covariance costs K² multiplies per pixel against the O channels'
+# passes it saves, so for larger K (RGB: 27) it is a guess, left to a measurement.
+PATCH_STATISTICS_MAX_ENTRIES = 9
+
+
+def conv_batch_norm_relu_max_pool(x: jax.Array, kernel: jax.Array, bias: Optional[jax.Array],
+                                  scale: jax.Array, offset: jax.Array, *, impl: str = "native",
+                                  eps: float = 1e-5) -> jax.Array:
+  """`batch_norm_relu_max_pool(conv2d(x, kernel, bias, impl=impl), scale, offset)`, with the batch
+  statistics taken from `x`'s patches when a patch is small (`PATCH_STATISTICS_MAX_ENTRIES`) and
+  there is no bias.
+
+  Each output channel is linear in the input patch p ([K] entries, K = kh·kw·C_in):
+  y = p·w. Its batch mean is m·w and its variance wᵀ S w, with m and S the patches'
+  mean and covariance over all B·H·W pixels, which come from the input alone (S from B
+  products [K, H·W] × [H·W, K]). So neither the statistics nor their derivatives read the
+  [B, H, W, O] output, 64 times the input's size in Conv4's first block (64 channels from
+  one): only the pooling does. The covariance is taken around the patches' mean, so the
+  variance needs no shift against cancellation (`normalize` does). The same function as the
+  layers in order, with derivatives tested equal in float64 to third order; in float32 it was
+  closer to float64 than the output's statistics on the peer workload (docs/PERFORMANCE.md).
+  """
+  y = conv2d(x, kernel, bias, impl=impl)
+  height, width, channels, out_channels = kernel.shape
+  # With a bias the second-order MAML meta-gradient of the peer workload came out 15× further
+  # from float64 in float32 (unexplained; the layer alone was as accurate), and batch norm
+  # cancels the bias anyway (Conv4 has none under batch norm): those keep the output's.
+  if bias is not None or height * width * channels > PATCH_STATISTICS_MAX_ENTRIES:
+    return batch_norm_relu_max_pool(y, scale, offset, eps=eps)
+  patches = _patches(x, (height, width))
+  patch_mean = jnp.mean(patches, axis=0)
+  # Summed per image, then over images: one [K, B·H·W] × [B·H·W, K] product accumulates all
+  # pixels in one float32 sum (relative error 4e-5 on binary strokes against 2e-6 this way).
+  centred = (patches - patch_mean).reshape(x.shape[0], -1, patches.shape[1])
+  covariance = jnp.einsum("bpk,bpl->bkl", centred, centred).sum(axis=0) / patches.shape[0]
+  weights = kernel.reshape(-1, out_channels)
+  mean = patch_mean @ weights
+  var = jnp.maximum(jnp.sum(weights * (covariance @ weights), axis=0), 0.0)
+  return _pool_normalize_relu(y, mean, jax.lax.rsqrt(var + eps), scale, offset)
 
 
 def uniform_init(key: jax.Array, shape, fan_in: int) -> jax.Array:
