@@ -4,6 +4,7 @@ statistics of the convolution's output, on the peer workload: step time and floa
   python benchmarks/patch_statistics.py                          # so, fo, bmg1; 20 rounds each
   python benchmarks/patch_statistics.py --sections step --variants so --rounds 40
   python benchmarks/patch_statistics.py --sections accuracy --variants so,bmg2
+  taskset -c 0 python benchmarks/patch_statistics.py --sections layer   # the layer alone
 
 "step": both steps (`benchmarks/jmeta_peer.py`'s `Runner`, the plugin's defaults: two devices,
 XLA flags, allocator) are compiled in ONE process, one with the output's statistics
@@ -13,6 +14,8 @@ both alike. Prints each setting's median and the median of the paired ratios.
 "accuracy": the float32 loss and meta-gradient of 2 tasks of the harness's meta-batch 0 against
 float64 (as `tests/layers_speed_paths_test.py` does), for both settings; also the float64
 difference between them (the same function: rounding only).
+"layer": Conv4's first block alone, forward and gradient, at the query's 75 and the support's
+5 images.
 docs/PERFORMANCE.md ("Batch statistics from the input patches").
 """
 import argparse
@@ -102,17 +105,50 @@ def accuracy(jmeta_peer, variant: str, num_tasks: int = 2) -> dict:
   return record
 
 
+def time_layer(images: int, calls: int = 100) -> dict:
+  """Conv4's first block alone (28×28×1 -> 64 channels, no bias) on `images` uniform images:
+  median ms of the jitted layer and of its gradient in (kernel, scale, offset), both settings."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jmeta.models import layers  # pylint: disable=g-import-not-at-top
+  keys = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.uniform(keys[0], (images, 28, 28, 1))
+  params = (layers.uniform_init(keys[1], (3, 3, 1, 64), fan_in=9), jnp.ones(64), jnp.zeros(64))
+  weights = jax.random.normal(keys[2], (images, 14, 14, 64))
+
+  def median_ms(fn):
+    jax.block_until_ready(fn(*params))
+    times = []
+    for _ in range(calls):
+      start = time.perf_counter()
+      jax.block_until_ready(fn(*params))
+      times.append((time.perf_counter() - start) * 1e3)
+    return round(statistics.median(times), 3)
+
+  record = {"section": "layer", "images": images}
+  for name, limit in _SETTINGS:
+    _set_limit(limit)
+    layer = lambda k, s, o: layers.conv_batch_norm_relu_max_pool(x, k, None, s, o)
+    grad = jax.grad(lambda k, s, o: jnp.sum(layer(k, s, o) * weights), argnums=(0, 1, 2))
+    record[f"{name}_forward_ms"] = median_ms(jax.jit(layer))
+    record[f"{name}_gradient_ms"] = median_ms(jax.jit(grad))
+  _set_limit(None)
+  return record
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--peers_dir", default=os.path.join(_HERE, "..", "..", "shared", "peers"))
-  parser.add_argument("--sections", default="step,accuracy", help="comma list of step, accuracy")
+  parser.add_argument("--sections", default="step,accuracy,layer",
+                      help="comma list of step, accuracy, layer")
   parser.add_argument("--variants", default="so,fo,bmg1", help="comma list ('so', 'fo', 'bmgL')")
   parser.add_argument("--rounds", type=int, default=20, help="alternated steps per setting")
   args = parser.parse_args(argv)
   sections = args.sections.split(",")
-  unknown = sorted(set(sections) - {"step", "accuracy"})
+  unknown = sorted(set(sections) - {"step", "accuracy", "layer"})
   if unknown:
-    parser.error(f"--sections: {unknown} unknown; allowed: step, accuracy")
+    parser.error(f"--sections: {unknown} unknown; allowed: step, accuracy, layer")
   sys.path.insert(0, os.path.abspath(args.peers_dir))
   sys.path.insert(0, _HERE)
   import jmeta_peer  # pylint: disable=g-import-not-at-top
@@ -124,6 +160,9 @@ def main(argv=None):
       print(json.dumps(time_steps(jmeta_peer, variant, args.rounds)), flush=True)
     if "accuracy" in sections:
       print(json.dumps(accuracy(jmeta_peer, variant)), flush=True)
+  if "layer" in sections:
+    for images in (75, 5):
+      print(json.dumps(time_layer(images)), flush=True)
 
 
 if __name__ == "__main__":
