@@ -38,6 +38,11 @@ def swap_layers(removed) -> None:
   from jmeta.models import layers  # pylint: disable=g-import-not-at-top
   if "norm" in removed:
     layers.normalize = lambda x, scale, offset, **unused: x * scale + offset
+    # Conv4's batch-norm path is the fused layer, which does not call `normalize`: its stand-in
+    # looks up the (possibly swapped) ReLU and pooling when it runs.
+    layers.conv_batch_norm_relu_max_pool = (
+        lambda x, kernel, bias, scale, offset, *, impl="native", eps=1e-5: layers.max_pool2x2(
+            jax.nn.relu(layers.conv2d(x, kernel, bias, impl=impl) * scale + offset)))
   if "relu" in removed:
     jax.nn.relu = lambda x: x
   if "pool" in removed:
