@@ -96,14 +96,19 @@ def _weight_grad_one_channel(x, g, *, size):
   """The weight gradient of a one-channel input (a grayscale first layer) as one matmul:
   `[kh·kw, images·H·W]` shifted copies of the input times `g` as `[images·H·W, O]`. The
   convolution form needs `g` transposed to `[H, W, images, O]`; this reads it as it is."""
-  kh, kw = size
-  images, height, width, _ = x.shape
+  shifted = jnp.stack([window[..., 0] for window in _shifted_windows(x, size)])
+  out = shifted.reshape(size[0] * size[1], -1) @ g.reshape(-1, g.shape[3])
+  return out.reshape(size[0], size[1], 1, g.shape[3])
+
+
+def _shifted_windows(x, size):
+  """The zero-padded 'SAME' input seen by each kernel tap (dy, dx), in HWIO's row order:
+  kh·kw arrays shaped like `x` [B, H, W, C]."""
+  _, height, width, _ = x.shape
   (top, bottom), (left, right) = _padding(size)
-  padded = jnp.pad(x[..., 0], ((0, 0), (top, bottom), (left, right)))
-  shifted = jnp.stack([padded[:, dy:dy + height, dx:dx + width]
-                       for dy in range(kh) for dx in range(kw)])
-  out = shifted.reshape(kh * kw, -1) @ g.reshape(-1, g.shape[3])
-  return out.reshape(kh, kw, 1, g.shape[3])
+  padded = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+  return [padded[:, dy:dy + height, dx:dx + width, :]
+          for dy in range(size[0]) for dx in range(size[1])]
 
 
 # Winograd (F(2×2, 3×3) or F(4×4, 3×3), `winograd.best_output_tile`) on CPU where it was measured
@@ -227,10 +232,7 @@ def _patches(x: jax.Array, size) -> jax.Array:
   """Every output pixel's zero-padded 'SAME' input window: `[B, H, W, C]` -> `[B·H·W, kh·kw·C]`,
   each row ordered (dy, dx, c) like the rows of an HWIO kernel reshaped to `[kh·kw·C, O]`."""
   batch, height, width, channels = x.shape
-  (top, bottom), (left, right) = _padding(size)
-  padded = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
-  windows = jnp.concatenate([padded[:, dy:dy + height, dx:dx + width, :]
-                             for dy in range(size[0]) for dx in range(size[1])], axis=-1)
+  windows = jnp.concatenate(_shifted_windows(x, size), axis=-1)
   return windows.reshape(batch * height * width, size[0] * size[1] * channels)
 
 
