@@ -19,6 +19,7 @@ difference between them (the same function: rounding only).
 docs/PERFORMANCE.md ("Batch statistics from the input patches").
 """
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -29,22 +30,27 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 _SETTINGS = (("output_statistics", 0), ("patch_statistics", None))  # None: the library default
 
 
-def _set_limit(limit):
+@contextlib.contextmanager
+def _statistics_limit(limit):
+  """`layers.PATCH_STATISTICS_MAX_ENTRIES` set to `limit` (None: the library default) for what
+  is traced inside, restored on exit. The layer reads it when a step is traced (its first call)."""
   from jmeta.models import layers  # pylint: disable=g-import-not-at-top
-  if not hasattr(_set_limit, "default"):
-    _set_limit.default = layers.PATCH_STATISTICS_MAX_ENTRIES
-  layers.PATCH_STATISTICS_MAX_ENTRIES = _set_limit.default if limit is None else limit
+  default = layers.PATCH_STATISTICS_MAX_ENTRIES
+  layers.PATCH_STATISTICS_MAX_ENTRIES = default if limit is None else limit
+  try:
+    yield
+  finally:
+    layers.PATCH_STATISTICS_MAX_ENTRIES = default
 
 
 def time_steps(jmeta_peer, variant: str, rounds: int) -> dict:
   """Both settings' steps alternated (the order flips every round) after one compile each."""
   runners = {}
   for name, limit in _SETTINGS:
-    _set_limit(limit)  # read when the step is traced, i.e. at its first call
-    runners[name] = jmeta_peer.Runner(variant)
-    runners[name].step(0)
+    with _statistics_limit(limit):
+      runners[name] = jmeta_peer.Runner(variant)
+      runners[name].step(0)
     runners[name].step(1)
-  _set_limit(None)
   times = {name: [] for name in runners}
   order = list(runners)
   for i in range(rounds):
@@ -72,7 +78,6 @@ def accuracy(jmeta_peer, variant: str, num_tasks: int = 2) -> dict:
   keys = jax.random.split(jax.random.key(0), num_tasks)
 
   def loss_and_grad(limit, dtype):
-    _set_limit(limit)
     as_images = lambda v: jnp.asarray(workload.to_nhwc(v[:num_tasks]), dtype)
     tasks = types.Task(support=as_images(batch["xs"]),
                        support_labels=jnp.asarray(batch["ys"][:num_tasks], jnp.int32),
@@ -84,8 +89,9 @@ def accuracy(jmeta_peer, variant: str, num_tasks: int = 2) -> dict:
     params = jmeta_peer.params_from_workload(workload.init_params(), conv_bias=False)
     meta_params = jax.tree.map(lambda v: jnp.asarray(v, dtype), adapter.init_meta(params))
     mapped = train.map_tasks(objective, task_chunk_size=1)
-    loss, grads = jax.jit(jax.value_and_grad(
-        lambda p: jnp.mean(mapped(p, keys, tasks)[0])))(meta_params)
+    with _statistics_limit(limit):
+      loss, grads = jax.jit(jax.value_and_grad(
+          lambda p: jnp.mean(mapped(p, keys, tasks)[0])))(meta_params)
     return float(loss), np.concatenate([np.ravel(np.asarray(g, np.float64))
                                         for g in jax.tree.leaves(grads)])
 
@@ -101,7 +107,6 @@ def accuracy(jmeta_peer, variant: str, num_tasks: int = 2) -> dict:
   for name, limit in _SETTINGS:
     record[f"{name}_float32_loss_error"], record[f"{name}_float32_grad_error"] = relative(
         *loss_and_grad(limit, jnp.float32), references["output_statistics"])
-  _set_limit(None)
   return record
 
 
@@ -128,12 +133,11 @@ def time_layer(images: int, calls: int = 100) -> dict:
 
   record = {"section": "layer", "images": images}
   for name, limit in _SETTINGS:
-    _set_limit(limit)
     layer = lambda k, s, o: layers.conv_batch_norm_relu_max_pool(x, k, None, s, o)
     grad = jax.grad(lambda k, s, o: jnp.sum(layer(k, s, o) * weights), argnums=(0, 1, 2))
-    record[f"{name}_forward_ms"] = median_ms(jax.jit(layer))
-    record[f"{name}_gradient_ms"] = median_ms(jax.jit(grad))
-  _set_limit(None)
+    with _statistics_limit(limit):  # median_ms's first call compiles
+      record[f"{name}_forward_ms"] = median_ms(jax.jit(layer))
+      record[f"{name}_gradient_ms"] = median_ms(jax.jit(grad))
   return record
 
 

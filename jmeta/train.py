@@ -78,12 +78,12 @@ def meta_gradient(objective, *, num_tasks: int, task_chunk_size: Optional[int] =
 
   * `task_chunk_size=None`: one `vmap` over the tasks (of each device), differentiated as a
     whole: largest batched matmuls, activation memory for every task at once.
-  * `task_chunk_size=c`: `lax.map` over chunks of `c` vmapped tasks, each chunk's meta-gradient
-    taken inside the loop and summed. Differentiating `lax.map` from outside instead would
-    stack every chunk's activations for a backward loop; here they are freed chunk by chunk
-    (memory vs inner steps: docs/PERFORMANCE.md). With one
-    task per chunk the weights are no longer batched, so XLA's own convolutions apply
-    (`conv_impl="native"`), which is the fastest CPU path.
+  * `task_chunk_size=c`: a loop over chunks of `c` vmapped tasks, each chunk's meta-gradient
+    taken inside the loop and added to a carried sum. Differentiating a `lax.map` from outside
+    instead would stack every chunk's activations for a backward loop; here they are freed
+    chunk by chunk (memory vs inner steps: docs/PERFORMANCE.md). With one task per chunk the
+    weights are no longer batched, so XLA's own convolutions apply (`conv_impl="native"`),
+    which is the fastest CPU path.
   * `mesh`: every device takes its `T / devices` tasks under `shard_map` and the sums meet in
     one `psum`, so the per-device program is exactly the single-device one.
 
@@ -110,10 +110,19 @@ def meta_gradient(objective, *, num_tasks: int, task_chunk_size: Optional[int] =
     if size == keys.shape[0]:
       return chunk_sum(meta_params, keys, tasks)
     chunks = jax.tree.map(lambda x: x.reshape((-1, size) + x.shape[1:]), (keys, tasks))
-    (loss, metrics), grads = jax.lax.map(lambda chunk: chunk_sum(meta_params, *chunk), chunks)
+
+    # The gradient sum is carried through the loop: stacking every chunk's gradient and
+    # reducing the stack afterwards cost a [chunks, ...] buffer per parameter and a strided
+    # reduction over it (docs/PERFORMANCE.md, "Where the rest of the step goes"). `zeros_like`
+    # keeps the parameters' `shard_map` varying axes, as the carry must.
+    def accumulate(grad_sum, chunk):
+      (loss, metrics), grads = chunk_sum(meta_params, *chunk)
+      return jax.tree.map(jnp.add, grad_sum, grads), (loss, metrics)
+
+    grads, (losses, metrics) = jax.lax.scan(
+        accumulate, jax.tree.map(jnp.zeros_like, meta_params), chunks)
     merge = lambda m: m.reshape((-1,) + m.shape[2:])
-    return ((jnp.sum(loss), jax.tree.map(merge, metrics)),
-            jax.tree.map(lambda g: jnp.sum(g, axis=0), grads))
+    return (jnp.sum(losses), jax.tree.map(merge, metrics)), grads
 
   if num_shards == 1:
     summed_over_tasks = local_sum
