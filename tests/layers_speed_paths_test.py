@@ -601,13 +601,16 @@ def test_peer_workload_meta_gradients_are_as_accurate_as_xla():
     loss, grad = loss_and_grad(impl, jnp.float32)
     errors[impl] = (abs(loss - ref_loss) / abs(ref_loss),
                     np.linalg.norm(grad - ref_grad) / np.linalg.norm(ref_grad))
-  # The slack is float32 noise: optimised, "native" is off by 5e-6 to 7e-6 in the loss and 4e-5
+  # The slack is float32 noise. "native" runs blocks 2-3 as Winograd F(4×4, 3×3), whose float32
+  # error is ~10× the direct convolution's (tests/winograd_test.py), so it is allowed 4× the
+  # plain path's error: on an AVX2 machine "native" was off by 5e-6 to 7e-6 in the loss and 4e-5
   # in the gradient, "xla" by 4e-7 to 6e-6 and 3e-5 (the same program run standalone or under
-  # pytest rounds differently); "matmul" is off by more than 2e-3 (below).
+  # pytest rounds differently); on an AVX-512 machine (2026-12-07) "native" 1.1e-5 and 1.0e-4,
+  # "xla" 6.7e-6 and 3.4e-5. A wrong derivative anywhere is off by orders of magnitude more.
   for what, error, bound in zip(("loss", "gradient"), errors["native"], errors["xla"]):
-    assert error <= 2 * bound + 2e-5, ("native", what, errors)
-  # "matmul" is measurably less accurate here (2.2e-3 loss / 2.8e-3 gradient, against ~5e-6 /
-  # 4e-5 for "xla" and "native"), though inside the harness's 5e-2.
+    assert error <= 4 * bound + 5e-5, ("native", what, errors)
+  # "matmul" was measurably less accurate on the AVX2 machine (2.2e-3 loss / 2.8e-3 gradient;
+  # 6e-6 / 1.4e-4 on the AVX-512 one), though inside the harness's 5e-2.
   assert errors["matmul"][0] < 1e-2 and errors["matmul"][1] < 5e-2, ("matmul", errors)
 
 

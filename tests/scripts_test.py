@@ -1,6 +1,6 @@
 """The scripts behind docs/RESULTS.md (the ablation sweep's commands, the table's wall-clock) and
-docs/PERFORMANCE.md's profile and layer ablation (`benchmarks/profile_step.py`,
-`benchmarks/layer_ablation.py`)."""
+docs/PERFORMANCE.md's profile, layer ablation and in-process A/Bs (`benchmarks/profile_step.py`,
+`benchmarks/layer_ablation.py`, `benchmarks/step_ab.py`)."""
 import gzip
 import json
 import pathlib
@@ -15,6 +15,7 @@ import ablations  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import
 import layer_ablation  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 import profile_step  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 import results_table  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+import step_ab  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _flags(command):
@@ -64,3 +65,61 @@ def test_layer_ablation_settings_name_the_layers_or_fail_naming_the_allowed_ones
   assert layer_ablation.parse_removed("norm+relu+pool") == ("norm", "relu", "pool")
   with pytest.raises(ValueError, match="'dropout'.*norm"):
     layer_ablation.parse_removed("norm+dropout")
+
+
+def test_step_ab_settings_parse_or_fail_naming_the_field_and_the_allowed_options():
+  assert step_ab.parse_setting("base") == ("base", {})
+  assert step_ab.parse_setting('floor={"query": 1, "support": 1}') == (
+      "floor", {"query": 1, "support": 1})
+  with pytest.raises(ValueError, match="unknown option.*'chunk'.*task_chunk_size"):
+    step_ab.parse_setting('b={"chunk": 2}')
+  with pytest.raises(ValueError, match="query must be a positive int"):
+    step_ab.parse_setting('b={"query": 0}')
+  with pytest.raises(ValueError, match="NAME"):
+    step_ab.parse_setting('={"query": 1}')
+
+
+def test_step_ab_patch_is_entered_while_its_setting_is_built_and_left_after(tmp_path):
+  patch = tmp_path / "patch.py"
+  patch.write_text("import contextlib\nimport winograd_probe\n"
+                   "@contextlib.contextmanager\ndef patched():\n"
+                   "  winograd_probe.events.append('enter')\n  yield\n"
+                   "  winograd_probe.events.append('exit')\n")
+  probe = type(sys)("winograd_probe")
+  probe.events = []
+  sys.modules["winograd_probe"] = probe
+
+  class FakePeer:
+    class Runner:
+      def __init__(self, variant, **kwargs):
+        probe.events.append(("build", variant, kwargs))
+
+      def step(self, index):
+        probe.events.append(("step", index))
+
+  try:
+    step_ab.build(FakePeer, "so", 2, {"patch": str(patch), "task_chunk_size": 2})
+  finally:
+    del sys.modules["winograd_probe"]
+  assert probe.events == ["enter", ("build", "so", {"devices": 2, "task_chunk_size": 2}),
+                          ("step", 0), "exit"]
+  with pytest.raises(ValueError, match="no `patched\\(\\)`"):
+    empty = tmp_path / "empty.py"
+    empty.write_text("")
+    step_ab.build(FakePeer, "so", 2, {"patch": str(empty)})
+
+
+def test_step_ab_slices_every_task_to_its_first_query_and_support_images():
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jmeta import types  # pylint: disable=g-import-not-at-top
+  task = types.Task(support=np.arange(2 * 5 * 4, dtype=np.float32).reshape(2, 5, 2, 2, 1),
+                    support_labels=np.tile(np.arange(5, dtype=np.int32), (2, 1)),
+                    query=np.arange(2 * 6 * 4, dtype=np.float32).reshape(2, 6, 2, 2, 1),
+                    query_labels=np.tile(np.arange(6, dtype=np.int32), (2, 1)))
+  runner = type("Runner", (), {"batches": [task]})()
+  step_ab.slice_images(runner, query=2, support=1)
+  (sliced,) = runner.batches
+  np.testing.assert_array_equal(sliced.query, task.query[:, :2])
+  np.testing.assert_array_equal(sliced.query_labels, [[0, 1], [0, 1]])
+  np.testing.assert_array_equal(sliced.support, task.support[:, :1])
+  np.testing.assert_array_equal(sliced.support_labels, [[0], [0]])

@@ -51,12 +51,20 @@ def test_conv3x3_and_its_weight_gradient_equal_the_direct_forms(shape, output_ti
 
 
 # F(4×4, 3×3)'s transforms multiply by up to 8 and by 1/24; at Conv4's shapes its float32 error
-# is 5.7-8.1× the direct form's (F(2×2, 3×3)'s is below the direct form's;
-# benchmarks/results/winograd-conv-f4-2026-12-07.jsonl).
-@pytest.mark.parametrize("output_tile, error_factor", [(2, 4), (4, 10)])
-def test_float32_error_is_within_a_small_multiple_of_the_direct_forms(output_tile, error_factor):
+# is 5.7-8.1× the direct form's on an AVX2 machine (F(2×2, 3×3)'s is below the direct form's;
+# benchmarks/results/winograd-conv-f4-2026-12-07.jsonl). The direct form's own error depends on
+# the CPU's convolution kernels: on an AVX-512 machine (2026-12-07) its weight gradient was off by
+# 4.9e-7 where F(4×4, 3×3)'s was 5.5e-6 (11×, ~46 float32 ulps), so each bound is a multiple of
+# the direct form's error or a fixed number of float32 epsilons, whichever is larger.
+_F32_EPS = float(np.finfo(np.float32).eps)
+
+
+@pytest.mark.parametrize("output_tile, error_factor, eps_floor", [(2, 4, 8), (4, 10, 100)])
+def test_float32_error_is_within_a_small_multiple_of_the_direct_forms(output_tile, error_factor,
+                                                                     eps_floor):
   """Against a float64 reference, Winograd's float32 error at Conv4's second block (75 query
-  images, 14×14, 64 channels) stays within `error_factor` × the direct convolution's own."""
+  images, 14×14, 64 channels) stays within `error_factor` × the direct convolution's own, or
+  `eps_floor` float32 epsilons (relative to the largest output)."""
   x, kernel, cotangent = _operands((75, 14, 14, 64, 64), jnp.float32)
   kernel = kernel / 24.0  # He-like scale: unit-variance outputs
   with jax.enable_x64(True):
@@ -67,11 +75,12 @@ def test_float32_error_is_within_a_small_multiple_of_the_direct_forms(output_til
   def error(value, reference):
     return np.max(np.abs(np.asarray(value, np.float64) - reference)) / np.max(np.abs(reference))
 
+  floor = eps_floor * _F32_EPS
   direct_grad = jax.vjp(lambda k: _direct_conv(x, k), kernel)[1](cotangent)[0]
   assert error(winograd.conv3x3(x, kernel, output_tile=output_tile), exact) < max(
-      error_factor * error(_direct_conv(x, kernel), exact), 1e-6)
+      error_factor * error(_direct_conv(x, kernel), exact), floor)
   assert error(winograd.conv3x3_weight_grad(x, cotangent, output_tile=output_tile),
-               exact_grad) < max(error_factor * error(direct_grad, exact_grad), 1e-6)
+               exact_grad) < max(error_factor * error(direct_grad, exact_grad), floor)
 
 
 def test_conv3x3_rejects_other_kernel_sizes():
