@@ -2,6 +2,7 @@ r"""Where the time of one peer-workload step goes: XLA:CPU's per-operation times
 
   python benchmarks/profile_step.py                        # so, one device, 2 profiled steps
   python benchmarks/profile_step.py --variant bmg1 --top 30
+  python benchmarks/profile_step.py --patch my_patch.py    # a setting, as in benchmarks/step_ab.py
 
 Runs the peer harness's workload (`benchmarks/jmeta_peer.py`'s `Runner`, one JAX device so the
 operations do not overlap), warms up, then records `--steps` steps with `jax.profiler.trace`
@@ -14,6 +15,7 @@ docs/PERFORMANCE.md ("Max-pool's derivative").
 """
 import argparse
 import collections
+import contextlib
 import glob
 import gzip
 import json
@@ -41,18 +43,8 @@ def operation_times(trace_file: str, num_steps: int):
   return total, calls
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--peers_dir", default=os.path.join(_HERE, "..", "..", "shared", "peers"))
-  parser.add_argument("--variant", default="so")
-  parser.add_argument("--steps", type=int, default=2, help="profiled steps")
-  parser.add_argument("--top", type=int, default=20, help="single operations to list")
-  args = parser.parse_args(argv)
-  sys.path.insert(0, os.path.abspath(args.peers_dir))
-  sys.path.insert(0, _HERE)
-  import jax  # pylint: disable=g-import-not-at-top
-  import jmeta_peer  # pylint: disable=g-import-not-at-top
-  runner = jmeta_peer.Runner(args.variant, devices=1)
+def profile(jax, runner, args):
+  """Prints the operation-kind and top-operation lines of `args.steps` profiled steps."""
   for i in range(2):  # compile, then one steady step
     runner.step(i)
   with tempfile.TemporaryDirectory() as trace_dir:
@@ -74,6 +66,26 @@ def main(argv=None):
     print(json.dumps({"variant": args.variant, "operation": name, "ms_per_step": round(ms, 1),
                       "calls_per_step": round(calls[name], 1),
                       "shape": shape.group(1) if shape else None}))
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--peers_dir", default=os.path.join(_HERE, "..", "..", "shared", "peers"))
+  parser.add_argument("--variant", default="so")
+  parser.add_argument("--steps", type=int, default=2, help="profiled steps")
+  parser.add_argument("--top", type=int, default=20, help="single operations to list")
+  parser.add_argument("--patch", default="",
+                      help="a module whose `patched()` context manager is entered while the step "
+                           "compiles (benchmarks/step_ab.py)")
+  args = parser.parse_args(argv)
+  sys.path.insert(0, os.path.abspath(args.peers_dir))
+  sys.path.insert(0, _HERE)
+  import jax  # pylint: disable=g-import-not-at-top
+  import jmeta_peer  # pylint: disable=g-import-not-at-top
+  import step_ab  # pylint: disable=g-import-not-at-top
+  patch = step_ab.load_patch(args.patch) if args.patch else contextlib.nullcontext
+  with patch():  # the step and the HLO read below are both compiled under the patch
+    profile(jax, jmeta_peer.Runner(args.variant, devices=1), args)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,8 @@ def parse_setting(text: str) -> tuple:
   return name, options
 
 
-def _load_patch(path: str):
+def load_patch(path: str):
+  """The `patched()` context manager of the module at `path`."""
   spec = importlib.util.spec_from_file_location(f"step_ab_patch_{abs(hash(path))}", path)
   if spec is None:
     raise ValueError(f"patch {path!r}: not a Python file")
@@ -85,7 +86,7 @@ def slice_images(runner, query: int = None, support: int = None) -> None:
 def build(jmeta_peer, variant: str, devices: int, options: dict):
   """One setting's Runner, compiled (first step run) under its patch."""
   runner_kwargs = {k: options[k] for k in _RUNNER_OPTIONS if k in options}
-  patch = _load_patch(options["patch"]) if "patch" in options else contextlib.nullcontext
+  patch = load_patch(options["patch"]) if "patch" in options else contextlib.nullcontext
   with patch():
     runner = jmeta_peer.Runner(variant, devices=devices, **runner_kwargs)
     if "query" in options or "support" in options:

@@ -398,12 +398,13 @@ def test_batch_norm_relu_max_pool_equals_the_layers_in_order(shape):
       second = lambda x, s, o: sum(jnp.sum(g ** 2) for g in grad(x, s, o)) + loss(x, s, o)
       third = lambda x, s, o: jnp.sum(jax.grad(second, argnums=1)(x, s, o) ** 2)
       batched = jax.vmap(jax.grad(second, argnums=(0, 1)), in_axes=(0, None, None))
+      # Eager up to second order (and jitted, for jit against eager), third order jitted.
       return (grad(x, scale, offset),
               jax.grad(second, argnums=(0, 1, 2))(x, scale, offset),
               jax.jit(jax.grad(second, argnums=(0, 1, 2)))(x, scale, offset),
-              jax.grad(third, argnums=(0, 1))(x, scale, offset),
-              jax.jvp(lambda x: grad(x, scale, offset), (x,), (x ** 2,))[1],
-              batched(jnp.stack([x, 0.5 * x - 1.0]), scale, offset))
+              jax.jit(jax.grad(third, argnums=(0, 1)))(x, scale, offset),
+              jax.jit(lambda x: jax.jvp(lambda x: grad(x, scale, offset), (x,), (x ** 2,))[1])(x),
+              jax.jit(batched)(jnp.stack([x, 0.5 * x - 1.0]), scale, offset))
 
     _close(derivatives(layers.batch_norm_relu_max_pool),
            derivatives(_unfused_batch_norm_relu_max_pool), rtol=1e-8, atol=1e-10)
@@ -452,12 +453,14 @@ def test_conv_batch_norm_relu_max_pool_equals_the_layers_in_order(impl, x_shape,
       third = lambda x, k, s: jnp.sum(jax.grad(second, argnums=1)(x, k, s) ** 2)
       batched = jax.vmap(jax.grad(second, argnums=(0, 1)), in_axes=(0, None, None))
       affine = lambda b, o: jnp.sum(jnp.sin(layer(x, kernel, b, scale, o)) * weights)
+      # The first-order gradients run eagerly, the higher orders jitted: op by op, every native
+      # convolution of a third-order derivative compiled on its own (~20 s per case).
       return (grad(x, kernel, scale),
               jax.grad(affine, argnums=(0, 1) if with_bias else 1)(bias, offset),
               jax.jit(jax.grad(second, argnums=(0, 1, 2)))(x, kernel, scale),
-              jax.grad(third, argnums=(0, 1))(x, kernel, scale),
-              jax.jvp(lambda k: grad(x, k, scale), (kernel,), (kernel ** 2,))[1],
-              batched(jnp.stack([x, 0.5 * x + 0.25]), kernel, scale))
+              jax.jit(jax.grad(third, argnums=(0, 1)))(x, kernel, scale),
+              jax.jit(lambda k: jax.jvp(lambda k: grad(x, k, scale), (k,), (k ** 2,))[1])(kernel),
+              jax.jit(batched)(jnp.stack([x, 0.5 * x + 0.25]), kernel, scale))
 
     _close(derivatives(fused), derivatives(unfused), rtol=1e-8, atol=1e-10)
 

@@ -123,3 +123,30 @@ def test_step_ab_slices_every_task_to_its_first_query_and_support_images():
   np.testing.assert_array_equal(sliced.query_labels, [[0, 1], [0, 1]])
   np.testing.assert_array_equal(sliced.support, task.support[:, :1])
   np.testing.assert_array_equal(sliced.support_labels, [[0], [0]])
+
+
+@pytest.mark.parametrize("patch_name", ["winograd_off", "winograd_weight_grad_lhs_transposed",
+                                        "winograd_forward_chunks", "kron_kernel_transform"])
+def test_step_ab_patches_compute_the_same_convolutions_and_restore_the_library(patch_name):
+  """The A/B patch modules behind docs/PERFORMANCE.md's rows change how, not what: the patched
+  native convolution and its kernel gradient equal the library's, which is back afterwards."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jmeta.models import layers, winograd  # pylint: disable=g-import-not-at-top
+  keys = jax.random.split(jax.random.key(3), 2)
+  x = jax.random.normal(keys[0], (20, 7, 7, 64))  # Winograd applies; 2 forward chunks of 15
+  kernel = jax.random.normal(keys[1], (3, 3, 64, 64)) / 24.0
+
+  def conv_and_kernel_grad():
+    loss = lambda k: (layers.conv2d(x, k, impl="native") ** 2).sum()
+    return jax.jit(jax.value_and_grad(loss))(kernel)
+
+  library = (winograd.conv3x3, winograd.conv3x3_weight_grad, winograd._kernel_transform,  # pylint: disable=protected-access
+             layers.WINOGRAD_MIN_CHANNELS)
+  expected = conv_and_kernel_grad()
+  with step_ab.load_patch(str(_REPO / "benchmarks" / "ab_patches" / f"{patch_name}.py"))():
+    patched = conv_and_kernel_grad()
+  np.testing.assert_allclose(patched[0], expected[0], rtol=1e-4)
+  np.testing.assert_allclose(patched[1], expected[1], rtol=1e-3, atol=1e-3 * np.abs(expected[1]).max())
+  assert (winograd.conv3x3, winograd.conv3x3_weight_grad, winograd._kernel_transform,  # pylint: disable=protected-access
+          layers.WINOGRAD_MIN_CHANNELS) == library
