@@ -11,14 +11,20 @@ A setting is `name` or `name=JSON`; the JSON holds `Runner` keyword arguments pl
                              step's floor: what does not scale with the images);
   "patch": "path/to/module.py"  a module whose `patched()` context manager is entered while the
                              setting is built and compiled (a jitted function's trace is fixed
-                             at its first call, so the patch only reaches this setting's step).
+                             at its first call, so the patch only reaches this setting's step;
+                             benchmarks/ab_patches/ has the ones docs/PERFORMANCE.md used);
+  "compiler_options": {...}  XLA debug options for this setting's step only, e.g.
+                             {"xla_cpu_use_fusion_emitters": true} (scalar options; XLA_FLAGS
+                             would apply to every setting of the process).
 
   python benchmarks/step_ab.py --variant so --setting base \
       --setting 'q1s1={"query": 1, "support": 1}' --rounds 4
   python benchmarks/step_ab.py --variant so --setting chunk1 \
       --setting 'chunk2={"task_chunk_size": 2}' --rounds 10
   python benchmarks/step_ab.py --variant bmg1 --setting base \
-      --setting 'mine={"patch": "/tmp/my_patch.py"}'
+      --setting 'off={"patch": "benchmarks/ab_patches/winograd_off.py"}'
+  python benchmarks/step_ab.py --variant so --setting base \
+      --setting 'emitters={"compiler_options": {"xla_cpu_use_fusion_emitters": true}}'
 
 The device count is the process's (every setting shares the backend): `--devices` (default: one
 per core, dividing the meta-batch). Each setting's steps cycle through the harness's 4 batches.
@@ -34,7 +40,7 @@ import time
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _RUNNER_OPTIONS = ("conv_impl", "task_chunk_size", "remat", "conv_bias")
-_SETTING_OPTIONS = _RUNNER_OPTIONS + ("query", "support", "patch")
+_SETTING_OPTIONS = _RUNNER_OPTIONS + ("query", "support", "patch", "compiler_options")
 
 
 def parse_setting(text: str) -> tuple:
@@ -49,6 +55,9 @@ def parse_setting(text: str) -> tuple:
   if unknown:
     raise ValueError(f"--setting {name}: unknown option(s) {unknown}; allowed: "
                      f"{list(_SETTING_OPTIONS)}")
+  if not isinstance(options.get("compiler_options", {}), dict):
+    raise ValueError(f"--setting {name}: compiler_options must be an object, got "
+                     f"{options['compiler_options']!r}")
   for field in ("query", "support"):
     if field in options and not (isinstance(options[field], int) and options[field] >= 1):
       raise ValueError(f"--setting {name}: {field} must be a positive int, got {options[field]!r}")
@@ -92,6 +101,9 @@ def build(jmeta_peer, variant: str, devices: int, options: dict):
     if "query" in options or "support" in options:
       slice_images(runner, options.get("query"), options.get("support"))
     start = time.perf_counter()
+    if "compiler_options" in options:  # the step's executable, compiled with the options
+      runner._update = runner.lowered_step().compile(  # pylint: disable=protected-access
+          compiler_options=options["compiler_options"])
     runner.step(0)
     compile_s = time.perf_counter() - start
   return runner, compile_s
