@@ -126,6 +126,7 @@ def test_step_ab_slices_every_task_to_its_first_query_and_support_images():
 
 
 @pytest.mark.parametrize("patch_name", ["winograd_off", "winograd_weight_grad_lhs_transposed",
+                                        "winograd_no_barriers",
                                         "winograd_forward_chunks", "kron_kernel_transform"])
 def test_step_ab_patches_compute_the_same_convolutions_and_restore_the_library(patch_name):
   """The A/B patch modules behind docs/PERFORMANCE.md's rows change how, not what: the patched
