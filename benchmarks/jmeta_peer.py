@@ -188,6 +188,11 @@ class Runner:
   def lowered_step(self):
     return self._update.lower(self.state, self._key, self.batches[0])
 
+  def compile_step(self, compiler_options: dict) -> None:
+    """Steps from now on run the step compiled with these XLA debug options (e.g.
+    {"xla_cpu_use_fusion_emitters": True}): per-Runner, unlike XLA_FLAGS."""
+    self._update = self.lowered_step().compile(compiler_options=compiler_options)
+
   def loss_and_grad(self, i: int):
     """Meta-loss and meta-gradient at the current parameters, for the harness's `check`."""
     (loss, _), grads = self._meta_gradient(self.state.meta_params,

@@ -25,22 +25,19 @@ import os
 import statistics
 import sys
 import time
+from unittest import mock
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _SETTINGS = (("output_statistics", 0), ("patch_statistics", None))  # None: the library default
 
 
-@contextlib.contextmanager
 def _statistics_limit(limit):
   """`layers.PATCH_STATISTICS_MAX_ENTRIES` set to `limit` (None: the library default) for what
   is traced inside, restored on exit. The layer reads it when a step is traced (its first call)."""
   from jmeta.models import layers  # pylint: disable=g-import-not-at-top
-  default = layers.PATCH_STATISTICS_MAX_ENTRIES
-  layers.PATCH_STATISTICS_MAX_ENTRIES = default if limit is None else limit
-  try:
-    yield
-  finally:
-    layers.PATCH_STATISTICS_MAX_ENTRIES = default
+  if limit is None:
+    return contextlib.nullcontext()
+  return mock.patch.object(layers, "PATCH_STATISTICS_MAX_ENTRIES", limit)
 
 
 def time_steps(jmeta_peer, variant: str, rounds: int) -> dict:

@@ -43,8 +43,9 @@ def operation_times(trace_file: str, num_steps: int):
   return total, calls
 
 
-def profile(jax, runner, args):
+def profile(runner, args):
   """Prints the operation-kind and top-operation lines of `args.steps` profiled steps."""
+  import jax  # pylint: disable=g-import-not-at-top
   for i in range(2):  # compile, then one steady step
     runner.step(i)
   with tempfile.TemporaryDirectory() as trace_dir:
@@ -80,12 +81,11 @@ def main(argv=None):
   args = parser.parse_args(argv)
   sys.path.insert(0, os.path.abspath(args.peers_dir))
   sys.path.insert(0, _HERE)
-  import jax  # pylint: disable=g-import-not-at-top
   import jmeta_peer  # pylint: disable=g-import-not-at-top
   import step_ab  # pylint: disable=g-import-not-at-top
   patch = step_ab.load_patch(args.patch) if args.patch else contextlib.nullcontext
   with patch():  # the step and the HLO read below are both compiled under the patch
-    profile(jax, jmeta_peer.Runner(args.variant, devices=1), args)
+    profile(jmeta_peer.Runner(args.variant, devices=1), args)
 
 
 if __name__ == "__main__":

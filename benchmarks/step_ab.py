@@ -101,9 +101,8 @@ def build(jmeta_peer, variant: str, devices: int, options: dict):
     if "query" in options or "support" in options:
       slice_images(runner, options.get("query"), options.get("support"))
     start = time.perf_counter()
-    if "compiler_options" in options:  # the step's executable, compiled with the options
-      runner._update = runner.lowered_step().compile(  # pylint: disable=protected-access
-          compiler_options=options["compiler_options"])
+    if "compiler_options" in options:
+      runner.compile_step(options["compiler_options"])
     runner.step(0)
     compile_s = time.perf_counter() - start
   return runner, compile_s

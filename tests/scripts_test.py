@@ -81,13 +81,13 @@ def test_step_ab_settings_parse_or_fail_naming_the_field_and_the_allowed_options
 
 def test_step_ab_patch_is_entered_while_its_setting_is_built_and_left_after(tmp_path):
   patch = tmp_path / "patch.py"
-  patch.write_text("import contextlib\nimport winograd_probe\n"
+  patch.write_text("import contextlib\nimport step_ab_probe\n"
                    "@contextlib.contextmanager\ndef patched():\n"
-                   "  winograd_probe.events.append('enter')\n  yield\n"
-                   "  winograd_probe.events.append('exit')\n")
-  probe = type(sys)("winograd_probe")
+                   "  step_ab_probe.events.append('enter')\n  yield\n"
+                   "  step_ab_probe.events.append('exit')\n")
+  probe = type(sys)("step_ab_probe")
   probe.events = []
-  sys.modules["winograd_probe"] = probe
+  sys.modules["step_ab_probe"] = probe
 
   class FakePeer:
     class Runner:
@@ -100,7 +100,7 @@ def test_step_ab_patch_is_entered_while_its_setting_is_built_and_left_after(tmp_
   try:
     step_ab.build(FakePeer, "so", 2, {"patch": str(patch), "task_chunk_size": 2})
   finally:
-    del sys.modules["winograd_probe"]
+    del sys.modules["step_ab_probe"]
   assert probe.events == ["enter", ("build", "so", {"devices": 2, "task_chunk_size": 2}),
                           ("step", 0), "exit"]
   with pytest.raises(ValueError, match="no `patched\\(\\)`"):

@@ -1,14 +1,11 @@
 """step_ab patch: the Winograd kernel transform G k Gᵀ (and Gᵀ M G back) as one matmul with
 kron(G, G) over the 9 kernel taps, instead of two passes along the kernel's rows and columns."""
-import contextlib
+from unittest import mock
 
 import jax.numpy as jnp
 import numpy as np
 
 from jmeta.models import winograd
-
-_library = (winograd._kernel_transform, winograd._kernel_untransform)  # pylint: disable=protected-access
-
 
 def _kron(output_tile):
   transform = winograd._TRANSFORMS[output_tile].kernel  # pylint: disable=protected-access
@@ -28,10 +25,6 @@ def kernel_untransform(products, output_tile):
       (3, 3) + products.shape[1:])
 
 
-@contextlib.contextmanager
 def patched():
-  winograd._kernel_transform, winograd._kernel_untransform = kernel_transform, kernel_untransform  # pylint: disable=protected-access
-  try:
-    yield
-  finally:
-    winograd._kernel_transform, winograd._kernel_untransform = _library  # pylint: disable=protected-access
+  return mock.patch.multiple(winograd, _kernel_transform=kernel_transform,
+                             _kernel_untransform=kernel_untransform)

@@ -1,8 +1,8 @@
 """step_ab patch: the Winograd forward convolution over chunks of $AB_FORWARD_CHUNK images
 (default 15), concatenated, instead of over all images at once (a smaller working set per
 product)."""
-import contextlib
 import os
+from unittest import mock
 
 import jax.numpy as jnp
 
@@ -20,10 +20,5 @@ def conv3x3(x, kernel, *, output_tile=None):
                           for start in range(0, x.shape[0], IMAGES_PER_CHUNK)])
 
 
-@contextlib.contextmanager
 def patched():
-  winograd.conv3x3 = conv3x3
-  try:
-    yield
-  finally:
-    winograd.conv3x3 = _library_conv
+  return mock.patch.object(winograd, "conv3x3", conv3x3)

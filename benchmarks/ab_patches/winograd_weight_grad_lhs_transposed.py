@@ -1,14 +1,11 @@
 """step_ab patch: Winograd weight-gradient products as standard batched matmuls, [t, c, p] x
 [t, p, o] (the input tiles transposed first), instead of contracting both operands' tile axis
 ([t, p, c] x [t, p, o]), which XLA:CPU leaves to its own `dot_general` rather than YNNPACK."""
-import contextlib
+from unittest import mock
 
 import jax.numpy as jnp
 
 from jmeta.models import winograd
-
-_library_weight_grad = winograd.conv3x3_weight_grad
-
 
 def conv3x3_weight_grad(x, g, *, output_tile=None,
                         images_per_chunk=winograd.WEIGHT_GRAD_IMAGES_PER_CHUNK):
@@ -22,10 +19,5 @@ def conv3x3_weight_grad(x, g, *, output_tile=None,
   return winograd._kernel_untransform(products, output_tile)  # pylint: disable=protected-access
 
 
-@contextlib.contextmanager
 def patched():
-  winograd.conv3x3_weight_grad = conv3x3_weight_grad
-  try:
-    yield
-  finally:
-    winograd.conv3x3_weight_grad = _library_weight_grad
+  return mock.patch.object(winograd, "conv3x3_weight_grad", conv3x3_weight_grad)
