@@ -151,3 +151,18 @@ def test_step_ab_patches_compute_the_same_convolutions_and_restore_the_library(p
   np.testing.assert_allclose(patched[1], expected[1], rtol=1e-3, atol=1e-3 * np.abs(expected[1]).max())
   assert (winograd.conv3x3, winograd.conv3x3_weight_grad, winograd._kernel_transform,  # pylint: disable=protected-access
           layers.WINOGRAD_MIN_CHANNELS) == library
+
+
+def test_set_constant_patch_sets_the_named_constant_and_rejects_what_it_cannot_set(monkeypatch):
+  from jmeta.models import winograd  # pylint: disable=g-import-not-at-top
+  default = winograd.WEIGHT_GRAD_IMAGES_PER_CHUNK
+  monkeypatch.setenv("AB_CONSTANT", "winograd.WEIGHT_GRAD_IMAGES_PER_CHUNK=5")
+  patched = step_ab.load_patch(str(_REPO / "benchmarks" / "ab_patches" / "set_constant.py"))
+  with patched():
+    assert winograd.WEIGHT_GRAD_IMAGES_PER_CHUNK == 5
+  assert winograd.WEIGHT_GRAD_IMAGES_PER_CHUNK == default
+  parse = patched.__globals__["parse"]  # the patch module's own parser
+  with pytest.raises(ValueError, match="expected module.NAME=int"):
+    parse("WEIGHT_GRAD_IMAGES_PER_CHUNK=5")
+  with pytest.raises(ValueError, match="has no NOPE"):
+    parse("winograd.NOPE=5")
