@@ -127,6 +127,38 @@ def test_conv_under_vmap_equals_xla_with_second_order_gradients(impl, kernels_pe
     _close(meta_gradient(_conv(impl)), meta_gradient(_reference_conv))
 
 
+@pytest.mark.parametrize("nesting", ["tasks", "tasks_of_tasks", "shared_inside_tasks"])
+def test_native_conv_under_vmap_with_winograd_sized_kernels_equals_xla(nesting):
+  """Per-task kernels bind the grouped primitives; with 64 channels on ≥ 6×6 images the CPU runs
+  them as Winograd with every task's tiles in one matmul per position. A second vmap inside
+  merges its axis into the group axis (per-item kernels) or into the images (a shared kernel)."""
+  keys = jax.random.split(jax.random.key(11), 3)
+  with jax.enable_x64(True):
+    x = jax.random.normal(keys[0], (2, 2, 2, 6, 7, 64), jnp.float64)
+    kernel = jax.random.normal(keys[1], (2, 2, 3, 3, 64, 64), jnp.float64) / 24
+    weights = jax.random.normal(keys[2], (2, 2, 2, 6, 7, 64), jnp.float64)
+
+    def meta_gradient(conv):
+      def task_loss(x, kernel, weights):
+        inner_grad = jax.grad(lambda k: jnp.sum(jnp.tanh(conv(x, k)) * weights))(kernel)
+        return jnp.sum(jnp.tanh(conv(x, kernel - 0.2 * inner_grad)) ** 2)
+
+      if nesting == "tasks":
+        per_task = jax.vmap(task_loss)
+        operands = (x[0], kernel[0], weights[0])
+      elif nesting == "tasks_of_tasks":
+        per_task = jax.vmap(jax.vmap(task_loss))
+        operands = (x, kernel, weights)
+      else:  # an inner vmap over image sets that share their task's kernel
+        per_task = jax.vmap(jax.vmap(task_loss, in_axes=(0, None, 0)), in_axes=(0, 0, 0))
+        operands = (x, kernel[:, 0], weights)
+      loss = lambda k, x, w: jnp.sum(per_task(x, k, w))
+      return jax.jit(jax.value_and_grad(loss))(operands[1], operands[0], operands[2])
+
+    # Entries reach ~100; Winograd F(4×4, 3×3) rounds at ~1e-13 of that in float64.
+    _close(meta_gradient(_conv("native")), meta_gradient(_reference_conv), rtol=1e-8, atol=1e-9)
+
+
 def _tiny_maml_step(conv_impl, *, task_chunk_size=None, remat=False):
   """The MAML meta-gradient of a 2-block Conv4 (lax.scan inner loop, lax.map over chunks)."""
   model = testing.tiny_conv(conv_impl=conv_impl)

@@ -50,6 +50,28 @@ def test_conv3x3_and_its_weight_gradient_equal_the_direct_forms(shape, output_ti
                                  direct_weight_grad, rtol=1e-10, atol=1e-11)
 
 
+@pytest.mark.parametrize("output_tile", winograd.OUTPUT_TILES)
+def test_per_group_kernels_equal_one_convolution_per_group(output_tile):
+  """x [G, N, H, W, C] with kernels [G, 3, 3, C, O] (what vmap over tasks with per-task kernels
+  binds): each group's images with its own kernel, as G separate convolutions and gradients."""
+  with jax.enable_x64(True):
+    keys = jax.random.split(jax.random.key(3), 3)
+    groups, images = 3, winograd.WEIGHT_GRAD_IMAGES_PER_CHUNK + 2  # 2 chunks, the last short
+    x = jax.random.normal(keys[0], (groups, images, 9, 7, 5), jnp.float64)
+    kernel = jax.random.normal(keys[1], (groups, 3, 3, 5, 4), jnp.float64)
+    cotangent = jax.random.normal(keys[2], (groups, images, 9, 7, 4), jnp.float64)
+    conv = jax.jit(functools.partial(winograd.conv3x3, output_tile=output_tile))
+    weight_grad = jax.jit(functools.partial(winograd.conv3x3_weight_grad,
+                                            output_tile=output_tile))
+    np.testing.assert_allclose(
+        conv(x, kernel), np.stack([_direct_conv(x[i], kernel[i]) for i in range(groups)]),
+        rtol=1e-10, atol=1e-11)
+    direct_weight_grads = [jax.vjp(lambda k, i=i: _direct_conv(x[i], k), kernel[i])[1](
+        cotangent[i])[0] for i in range(groups)]
+    np.testing.assert_allclose(weight_grad(x, cotangent), np.stack(direct_weight_grads),
+                               rtol=1e-10, atol=1e-11)
+
+
 # F(4×4, 3×3)'s transforms multiply by up to 8 and by 1/24; at Conv4's shapes its float32 error
 # is 5.7-8.1× the direct form's on an AVX2 machine (F(2×2, 3×3)'s is below the direct form's;
 # benchmarks/results/winograd-conv-f4-2026-12-07.jsonl). The direct form's own error depends on

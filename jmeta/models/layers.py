@@ -14,8 +14,10 @@ first-, second- and third-order and forward-mode derivatives, under `vmap`):
   On CPU, 3×3 convolutions with enough channels and pixels lower to Winograd's F(4×4, 3×3) or
   F(2×2, 3×3) instead (`winograd.py`: 36 or 16 matmuls over channels in place of 144 or 36
   multiplies per output block).
-  Under `vmap` with per-task kernels, the batching rule runs one convolution per task instead of
-  XLA's grouped convolution (which has no fast kernel on CPU).
+  Under `vmap` with per-task kernels, the batching rules bind grouped forms of the two
+  primitives (XLA's own grouped convolution has no fast kernel on CPU): on CPU, Winograd's tiles
+  of all the tasks go through one batched matmul per tile position; elsewhere, and for the
+  direct convolutions, one canonical convolution runs per task.
 * "matmul": patch extraction plus one (batched) matrix multiply. Under `vmap` this becomes a
   batched `dot_general`, which XLA:CPU spreads over all cores.
 * "xla": plain `lax.conv_general_dilated` and plain autodiff (the reference).
@@ -54,11 +56,28 @@ def check_choice(name: str, value, allowed) -> None:
 # Both are bilinear. conv's transpose in x is conv(ct, flip_t(k)), in k it is weight_grad(x, ct);
 # weight_grad's transpose in x is conv(g, flip_t(ct)), in g it is conv(x, ct). So the derivatives
 # of any order (and their forward-mode versions) only ever call these two canonical forms.
+#
+# Both also come in a grouped form, one leading axis more on every operand (x [G, B, H, W, C],
+# k [G, kh, kw, C, O], g [G, B, H, W, O]): group i's images with group i's kernel. It is what
+# `vmap` with per-task kernels binds (the batching rules below), so a chunk of vmapped tasks
+# reaches the lowering as one operation, which Winograd runs as one batched matmul per tile
+# position; other lowerings loop over the groups.
+
+
+def _grouped(x) -> bool:
+  return x.ndim == 5
 
 
 def _flip_t(kernel: jax.Array) -> jax.Array:
   """The kernel of the input gradient: spatially flipped, input/output channels swapped."""
-  return jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
+  return jnp.flip(kernel, (-4, -3)).swapaxes(-2, -1)
+
+
+def _per_group(impl, *operands, **params):
+  """`impl` of a grouped operation as a loop over the groups (the lowerings without a grouped
+  form)."""
+  return jnp.stack([impl(*(operand[i] for operand in operands), **params)
+                    for i in range(operands[0].shape[0])])
 
 
 def _padding(size):
@@ -66,10 +85,14 @@ def _padding(size):
 
 
 def _conv_impl(x, kernel, *, size):
+  if _grouped(x):
+    return _per_group(_conv_impl, x, kernel, size=size)
   return jax.lax.conv_general_dilated(x, kernel, (1, 1), _padding(size), dimension_numbers=_NHWC)
 
 
 def _weight_grad_impl(x, g, *, size):
+  if _grouped(x):
+    return _per_group(_weight_grad_impl, x, g, size=size)
   # A canonical convolution too: batch = input channels, features = examples, kernel = g.
   out = jax.lax.conv_general_dilated(x.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), (1, 1),
                                      _padding(size), dimension_numbers=_NHWC)  # [C, kh, kw, O]
@@ -94,20 +117,23 @@ def _weight_grad_chunked(x, g, *, size, images_per_chunk):
 
 def _weight_grad_one_channel(x, g, *, size):
   """The weight gradient of a one-channel input (a grayscale first layer) as one matmul:
-  `[kh·kw, images·H·W]` shifted copies of the input times `g` as `[images·H·W, O]`. The
-  convolution form needs `g` transposed to `[H, W, images, O]`; this reads it as it is."""
-  shifted = jnp.stack([window[..., 0] for window in _shifted_windows(x, size)])
-  out = shifted.reshape(size[0] * size[1], -1) @ g.reshape(-1, g.shape[3])
-  return out.reshape(size[0], size[1], 1, g.shape[3])
+  `[kh·kw, images·H·W]` shifted copies of the input times `g` as `[images·H·W, O]` (grouped:
+  one batched matmul). The convolution form needs `g` transposed to `[H, W, images, O]`; this
+  reads it as it is."""
+  groups = x.shape[:-4]
+  shifted = jnp.stack([window[..., 0] for window in _shifted_windows(x, size)], axis=len(groups))
+  out = jnp.matmul(shifted.reshape(groups + (size[0] * size[1], -1)),
+                   g.reshape(groups + (-1, g.shape[-1])))
+  return out.reshape(groups + (size[0], size[1], 1, g.shape[-1]))
 
 
 def _shifted_windows(x, size):
   """The zero-padded 'SAME' input seen by each kernel tap (dy, dx), in HWIO's row order:
-  kh·kw arrays shaped like `x` [B, H, W, C]."""
-  _, height, width, _ = x.shape
+  kh·kw arrays shaped like `x` [..., B, H, W, C]."""
+  height, width = x.shape[-3:-1]
   (top, bottom), (left, right) = _padding(size)
-  padded = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
-  return [padded[:, dy:dy + height, dx:dx + width, :]
+  padded = jnp.pad(x, ((0, 0),) * (x.ndim - 3) + ((top, bottom), (left, right), (0, 0)))
+  return [padded[..., dy:dy + height, dx:dx + width, :]
           for dy in range(size[0]) for dx in range(size[1])]
 
 
@@ -121,21 +147,25 @@ WINOGRAD_MIN_SIZE = 6
 
 
 def _winograd_applies(x, out_channels, size):
-  return (tuple(size) == (3, 3) and min(x.shape[3], out_channels) >= WINOGRAD_MIN_CHANNELS
-          and min(x.shape[1:3]) >= WINOGRAD_MIN_SIZE)
+  return (tuple(size) == (3, 3) and min(x.shape[-1], out_channels) >= WINOGRAD_MIN_CHANNELS
+          and min(x.shape[-3:-1]) >= WINOGRAD_MIN_SIZE)
 
 
 def _conv_cpu_impl(x, kernel, *, size):
-  if _winograd_applies(x, kernel.shape[3], size):
-    return winograd.conv3x3(x, kernel)
+  if _winograd_applies(x, kernel.shape[-1], size):
+    return winograd.conv3x3(x, kernel)  # grouped or not
+  if _grouped(x):
+    return _per_group(_conv_cpu_impl, x, kernel, size=size)
   return _conv_impl(x, kernel, size=size)
 
 
 def _weight_grad_cpu_impl(x, g, *, size):
-  if x.shape[3] == 1:
-    return _weight_grad_one_channel(x, g, size=size)
-  if _winograd_applies(x, g.shape[3], size):
-    return winograd.conv3x3_weight_grad(x, g)
+  if x.shape[-1] == 1:
+    return _weight_grad_one_channel(x, g, size=size)  # grouped or not
+  if _winograd_applies(x, g.shape[-1], size):
+    return winograd.conv3x3_weight_grad(x, g)  # grouped or not
+  if _grouped(x):
+    return _per_group(_weight_grad_cpu_impl, x, g, size=size)
   return _weight_grad_chunked(x, g, size=size, images_per_chunk=CPU_WEIGHT_GRAD_IMAGES_PER_CHUNK)
 
 
@@ -160,7 +190,7 @@ def _match_varying(*values):
 
 def _native_conv(x, kernel):
   x, kernel = _match_varying(x, kernel)
-  return _conv_p.bind(x, kernel, size=tuple(kernel.shape[:2]))
+  return _conv_p.bind(x, kernel, size=tuple(kernel.shape[-4:-2]))
 
 
 def _native_weight_grad(x, g, size):
@@ -172,11 +202,11 @@ def _conv_abstract_eval(x, kernel, *, size):
   del size
   # `update` keeps x's sharding and `shard_map` (varying-axes) annotations: the output is batched
   # like x.
-  return x.update(shape=x.shape[:3] + kernel.shape[3:], weak_type=False)
+  return x.update(shape=x.shape[:-1] + kernel.shape[-1:], weak_type=False)
 
 
 def _weight_grad_abstract_eval(x, g, *, size):
-  shape = tuple(size) + (x.shape[3], g.shape[3])
+  shape = x.shape[:-4] + tuple(size) + (x.shape[-1], g.shape[-1])
   try:  # not batched: drop any sharding of x's batch axis, keep the varying axes
     return x.update(shape=shape, weak_type=False,
                     sharding=x.sharding.update(spec=jax.sharding.PartitionSpec()))
@@ -190,23 +220,36 @@ def _to_front(value, dim, size):
   return jnp.moveaxis(value, dim, 0)
 
 
+def _bind_grouped(bind, *operands):
+  """`bind` on operands with a new leading group axis: the grouped form, or, if the operands are
+  grouped already (nested `vmap`), the two group axes merged into one and split again after."""
+  if operands[0].ndim == 5:
+    return bind(*operands)
+  n, groups = operands[0].shape[:2]
+  out = bind(*(operand.reshape((n * groups,) + operand.shape[2:]) for operand in operands))
+  return out.reshape((n, groups) + out.shape[1:])
+
+
 def _conv_batch(args, dims, *, size):
   (x, kernel), (x_dim, kernel_dim) = args, dims
-  if kernel_dim is None:  # a shared kernel: fold the mapped axis into the batch
-    x = jnp.moveaxis(x, x_dim, 0)
-    out = _native_conv(x.reshape((-1,) + x.shape[2:]), kernel)
-    return out.reshape(x.shape[:2] + out.shape[1:]), 0
+  if kernel_dim is None:  # a shared kernel: fold the mapped axis into the (last) batch axis
+    batch_axis = x.ndim - 5  # 0, or 1 after a group axis
+    x = jnp.moveaxis(x, x_dim, batch_axis)
+    merged = x.shape[:batch_axis] + (-1,) + x.shape[batch_axis + 2:]
+    out = _native_conv(x.reshape(merged), kernel)
+    return out.reshape(x.shape[:-1] + out.shape[-1:]), batch_axis
   n = kernel.shape[kernel_dim]
   x, kernel = _to_front(x, x_dim, n), _to_front(kernel, kernel_dim, n)
-  # Per-item kernels: one canonical convolution per item (XLA's grouped convolution is slow).
-  return jnp.stack([_native_conv(x[i], kernel[i]) for i in range(n)]), 0
+  # Per-item kernels: the grouped convolution of this module (XLA's own grouped convolution has
+  # no fast kernel on CPU).
+  return _bind_grouped(_native_conv, x, kernel), 0
 
 
 def _weight_grad_batch(args, dims, *, size):
   (x, g), (x_dim, g_dim) = args, dims
   n = x.shape[x_dim] if x_dim is not None else g.shape[g_dim]
   x, g = _to_front(x, x_dim, n), _to_front(g, g_dim, n)
-  return jnp.stack([_native_weight_grad(x[i], g[i], size) for i in range(n)]), 0
+  return _bind_grouped(lambda x, g: _native_weight_grad(x, g, size), x, g), 0
 
 
 for _prim, _impl, _abstract, _batch in (

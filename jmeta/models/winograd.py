@@ -156,17 +156,20 @@ def _along(value, axis, matrix):
 
 
 def _kernel_transform(kernel, output_tile):
-  """G k Gᵀ: [3, 3, C, O] -> [(m+2)², C, O]."""
+  """G k Gᵀ: [3, 3, C, O] -> [(m+2)², C, O]; per-group kernels [G, 3, 3, C, O] -> [(m+2)², G, C, O]."""
+  if kernel.ndim == 5:  # the small kernel moved, not the tiles: positions lead, then groups
+    kernel = jnp.moveaxis(kernel, 0, 2)
   matrix = _TRANSFORMS[output_tile].kernel
   return _along(_along(kernel, 0, matrix), 1, matrix).reshape((-1,) + kernel.shape[2:])
 
 
 def _kernel_untransform(products, output_tile):
-  """Gᵀ M G: [(m+2)², C, O] -> [3, 3, C, O]."""
+  """Gᵀ M G: [(m+2)², C, O] -> [3, 3, C, O]; [(m+2)², G, C, O] -> [G, 3, 3, C, O]."""
   matrix = _transpose(_TRANSFORMS[output_tile].kernel)
   positions = output_tile + 2
   square = products.reshape((positions, positions) + products.shape[1:])
-  return _along(_along(square, 0, matrix), 1, matrix)
+  kernel = _along(_along(square, 0, matrix), 1, matrix)
+  return jnp.moveaxis(kernel, 2, 0) if products.ndim == 4 else kernel
 
 
 def _output_untile(products, x, output_tile):
@@ -182,25 +185,54 @@ def _output_untile(products, x, output_tile):
       :, :height, :width]
 
 
+def _check_kernel(kernel):
+  if kernel.shape[-4:-2] != (3, 3):
+    raise ValueError(f"winograd.conv3x3 needs a 3×3 kernel, got {kernel.shape[-4:-2]}")
+
+
+def _images(x):
+  """`x` [N, H, W, C] or per-group [G, N, H, W, C] as one batch of images [G·N, H, W, C]."""
+  return x.reshape((-1,) + x.shape[-3:])
+
+
 def conv3x3(x: jax.Array, kernel: jax.Array, *,
             output_tile: Optional[int] = None) -> jax.Array:
   """The 3×3 stride-1 'SAME' cross-correlation of `x` [N, H, W, C] with `kernel` [3, 3, C, O],
-  as F(output_tile × output_tile, 3×3) (None: `best_output_tile` for the image size)."""
-  if kernel.shape[:2] != (3, 3):
-    raise ValueError(f"winograd.conv3x3 needs a 3×3 kernel, got {kernel.shape[:2]}")
-  output_tile = _resolve_output_tile(output_tile, x)
-  products = jnp.einsum("tpc,tco->tpo", _input_tiles(x, output_tile),
-                        _kernel_transform(kernel, output_tile))
-  return _output_untile(products, x, output_tile)
+  as F(output_tile × output_tile, 3×3) (None: `best_output_tile` for the image size).
+
+  Per-group kernels: `x` [G, N, H, W, C] with `kernel` [G, 3, 3, C, O] convolves each group's
+  images with its own kernel, all groups' tiles in one batched matmul per position (a vmap over
+  tasks with per-task kernels, without a loop over the tasks)."""
+  _check_kernel(kernel)
+  images = _images(x)
+  output_tile = _resolve_output_tile(output_tile, images)
+  tiles = _input_tiles(images, output_tile)
+  kernels = _kernel_transform(kernel, output_tile)
+  if kernel.ndim == 5:
+    grouped = tiles.reshape(tiles.shape[:1] + (kernel.shape[0], -1) + tiles.shape[2:])
+    products = jnp.einsum("tgpc,tgco->tgpo", grouped, kernels).reshape(
+        tiles.shape[:2] + kernel.shape[-1:])
+  else:
+    products = jnp.einsum("tpc,tco->tpo", tiles, kernels)
+  return _output_untile(products, images, output_tile).reshape(x.shape[:-1] + kernel.shape[-1:])
 
 
 def conv3x3_weight_grad(x: jax.Array, g: jax.Array, *, output_tile: Optional[int] = None,
                         images_per_chunk: int = WEIGHT_GRAD_IMAGES_PER_CHUNK) -> jax.Array:
-  """The gradient of Σ conv3x3(x, k) · g in k: [3, 3, C, O] for x [N, H, W, C], g [N, H, W, O]."""
-  output_tile = _resolve_output_tile(output_tile, x)
+  """The gradient of Σ conv3x3(x, k) · g in k: [3, 3, C, O] for x [N, H, W, C], g [N, H, W, O];
+  per group, [G, 3, 3, C, O] for x [G, N, H, W, C], g [G, N, H, W, O]."""
+  output_tile = _resolve_output_tile(output_tile, _images(x))
+  groups = x.shape[:-4]
   products = 0
-  for start in range(0, x.shape[0], images_per_chunk):
-    chunk = slice(start, start + images_per_chunk)
-    products += jnp.einsum("tpc,tpo->tco", _input_tiles(x[chunk], output_tile),
-                           _output_grad_tiles(g[chunk], output_tile))
+  for start in range(0, x.shape[-4], images_per_chunk):
+    chunk = (Ellipsis, slice(start, start + images_per_chunk), slice(None), slice(None),
+             slice(None))
+    tiles = _input_tiles(_images(x[chunk]), output_tile)
+    cotangent_tiles = _output_grad_tiles(_images(g[chunk]), output_tile)
+    if groups:
+      tiles = tiles.reshape(tiles.shape[:1] + groups + (-1,) + tiles.shape[2:])
+      cotangent_tiles = cotangent_tiles.reshape(tiles.shape[:2] + (-1,) + g.shape[-1:])
+      products += jnp.einsum("tgpc,tgpo->tgco", tiles, cotangent_tiles)
+    else:
+      products += jnp.einsum("tpc,tpo->tco", tiles, cotangent_tiles)
   return _kernel_untransform(products, output_tile)
