@@ -261,6 +261,32 @@ def test_cpu_weight_gradient_of_one_input_channel_is_one_matmul(size):
   assert sum(" dot(" in line for line in text.splitlines()) == 1
 
 
+@pytest.mark.parametrize("size", [(3, 3), (5, 3)])
+@pytest.mark.parametrize("kernels_per_task", [False, True])
+def test_cpu_convolution_of_one_input_channel_is_multiply_adds(size, kernels_per_task):
+  """A one-channel input's convolution (Conv4's first block) compiles to broadcast multiply-adds
+  of the shifted input, no convolution, alone and vmapped with per-task kernels (the grouped
+  primitive), and equals `lax.conv_general_dilated` with the pooling that follows it, to second
+  order (float64)."""
+  keys = jax.random.split(jax.random.key(size[0] + kernels_per_task), 3)
+  with jax.enable_x64(True):
+    x = jax.random.normal(keys[0], (2, 5, 6, 5, 1), jnp.float64)
+    kernel = jax.random.normal(keys[1], (2,) * kernels_per_task + size + (1, 4), jnp.float64)
+    weights = jax.random.normal(keys[2], (2, 5, 3, 2, 4), jnp.float64)
+
+    def meta_gradient(conv):
+      def task_loss(x, kernel, weights):
+        loss = lambda k: jnp.sum(jnp.tanh(layers.max_pool2x2(conv(x, k))) * weights)
+        return loss(kernel - 0.1 * jax.grad(loss)(kernel))
+      per_task = jax.vmap(task_loss, in_axes=(0, 0 if kernels_per_task else None, 0))
+      return jax.jit(jax.value_and_grad(lambda k: jnp.sum(per_task(x, k, weights))))
+
+    native = meta_gradient(_conv("native"))
+    _close(native(kernel), meta_gradient(_reference_conv)(kernel))
+    text = native.lower(kernel).compile().as_text()
+  assert not any(" convolution(" in line for line in text.splitlines())
+
+
 @pytest.mark.parametrize("shape, winograd", [
     ((3, 6, 7, 64, 64), True),
     ((3, 5, 7, 64, 64), False),   # too few pixels

@@ -153,6 +153,33 @@ def test_step_ab_patches_compute_the_same_convolutions_and_restore_the_library(p
           layers.WINOGRAD_MIN_CHANNELS) == library
 
 
+def test_one_channel_library_conv_patch_compiles_a_convolution_with_the_same_values():
+  """The first-block A/B patch: under it the one-channel convolution compiles to a library
+  convolution (without it, to multiply-adds), the values and kernel gradient stay the same, and
+  the library's multiply-adds are back afterwards."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jmeta.models import layers  # pylint: disable=g-import-not-at-top
+  keys = jax.random.split(jax.random.key(4), 2)
+  x = jax.random.normal(keys[0], (4, 8, 8, 1))
+  kernel = jax.random.normal(keys[1], (3, 3, 1, 16))
+  library = layers._conv_one_channel  # pylint: disable=protected-access
+
+  def conv_and_kernel_grad():
+    loss = jax.jit(jax.value_and_grad(lambda k: (layers.conv2d(x, k, impl="native") ** 2).sum()))
+    convolutions = loss.lower(kernel).compile().as_text().count(" convolution(")
+    return loss(kernel), convolutions
+
+  expected, convolutions = conv_and_kernel_grad()
+  with step_ab.load_patch(str(_REPO / "benchmarks" / "ab_patches" /
+                              "one_channel_library_conv.py"))():
+    patched, patched_convolutions = conv_and_kernel_grad()
+  assert (convolutions, patched_convolutions) == (0, 1)
+  np.testing.assert_allclose(patched[0], expected[0], rtol=1e-5)
+  np.testing.assert_allclose(patched[1], expected[1], rtol=1e-4, atol=1e-4)
+  assert layers._conv_one_channel is library  # pylint: disable=protected-access
+
+
 def test_set_constant_patch_sets_the_named_constant_and_rejects_what_it_cannot_set(monkeypatch):
   from jmeta.models import winograd  # pylint: disable=g-import-not-at-top
   default = winograd.WEIGHT_GRAD_IMAGES_PER_CHUNK
