@@ -126,7 +126,7 @@ def test_step_ab_slices_every_task_to_its_first_query_and_support_images():
 
 
 @pytest.mark.parametrize("patch_name", ["winograd_off", "winograd_weight_grad_lhs_transposed",
-                                        "winograd_no_barriers",
+                                        "winograd_no_barriers", "winograd_strided_windows",
                                         "winograd_forward_chunks", "kron_kernel_transform"])
 def test_step_ab_patches_compute_the_same_convolutions_and_restore_the_library(patch_name):
   """The A/B patch modules behind docs/PERFORMANCE.md's rows change how, not what: the patched
@@ -143,14 +143,14 @@ def test_step_ab_patches_compute_the_same_convolutions_and_restore_the_library(p
     return jax.jit(jax.value_and_grad(loss))(kernel)
 
   library = (winograd.conv3x3, winograd.conv3x3_weight_grad, winograd._kernel_transform,  # pylint: disable=protected-access
-             layers.WINOGRAD_MIN_CHANNELS)
+             winograd._windows, layers.WINOGRAD_MIN_CHANNELS)  # pylint: disable=protected-access
   expected = conv_and_kernel_grad()
   with step_ab.load_patch(str(_REPO / "benchmarks" / "ab_patches" / f"{patch_name}.py"))():
     patched = conv_and_kernel_grad()
   np.testing.assert_allclose(patched[0], expected[0], rtol=1e-4)
   np.testing.assert_allclose(patched[1], expected[1], rtol=1e-3, atol=1e-3 * np.abs(expected[1]).max())
   assert (winograd.conv3x3, winograd.conv3x3_weight_grad, winograd._kernel_transform,  # pylint: disable=protected-access
-          layers.WINOGRAD_MIN_CHANNELS) == library
+          winograd._windows, layers.WINOGRAD_MIN_CHANNELS) == library  # pylint: disable=protected-access
 
 
 def test_one_channel_library_conv_patch_compiles_a_convolution_with_the_same_values():
@@ -178,6 +178,35 @@ def test_one_channel_library_conv_patch_compiles_a_convolution_with_the_same_val
   np.testing.assert_allclose(patched[0], expected[0], rtol=1e-5)
   np.testing.assert_allclose(patched[1], expected[1], rtol=1e-4, atol=1e-4)
   assert layers._conv_one_channel is library  # pylint: disable=protected-access
+
+
+def test_per_task_loop_batching_patch_unrolls_the_tasks_with_the_same_values():
+  """The grouped-vs-unrolled A/B patch: vmapped per-task kernels compile to one Winograd
+  forward product per task under it (one for all tasks without it), with the same convolution
+  and kernel gradients; the grouped binding is back afterwards."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jmeta.models import layers  # pylint: disable=g-import-not-at-top
+  keys = jax.random.split(jax.random.key(5), 2)
+  x = jax.random.normal(keys[0], (3, 2, 7, 7, 64))  # 3 tasks; Winograd applies
+  kernels = jax.random.normal(keys[1], (3, 3, 3, 64, 64)) / 24.0
+  library = layers._bind_grouped  # pylint: disable=protected-access
+
+  def conv_and_kernel_grads():
+    loss = lambda k: (jax.vmap(lambda x, k: layers.conv2d(x, k, impl="native"))(x, k) ** 2).sum()
+    step = jax.jit(jax.value_and_grad(loss))
+    forward = jax.jit(jax.vmap(lambda x, k: layers.conv2d(x, k, impl="native")))
+    products = forward.lower(x, kernels).compile().as_text().count(" dot(")
+    return step(kernels), products
+
+  expected, grouped_products = conv_and_kernel_grads()
+  with step_ab.load_patch(str(_REPO / "benchmarks" / "ab_patches" /
+                              "per_task_loop_batching.py"))():
+    patched, unrolled_products = conv_and_kernel_grads()
+  assert (grouped_products, unrolled_products) == (1, 3)
+  np.testing.assert_allclose(patched[0], expected[0], rtol=1e-5)
+  np.testing.assert_allclose(patched[1], expected[1], rtol=1e-4, atol=1e-4)
+  assert layers._bind_grouped is library  # pylint: disable=protected-access
 
 
 def test_set_constant_patch_sets_the_named_constant_and_rejects_what_it_cannot_set(monkeypatch):

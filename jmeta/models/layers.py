@@ -156,8 +156,9 @@ def _conv_one_channel(x, kernel, *, size):
   multiply-adds of the shifted image, one per kernel tap (grouped or not). XLA fuses these into
   whatever reads the output (Conv4: the max-pool that follows), so the [B, H, W, O] output,
   O times the input's size, need not be written: on one core, 75 28×28 images to 64 channels
-  and their 2×2 max-pool took 0.63 ms this way against 1.71 ms as a library convolution
-  (docs/PERFORMANCE.md, "The first block's convolution as multiply-adds")."""
+  and their 2×2 max-pool took 0.65 ms this way against 1.80 ms as a library convolution
+  (`benchmarks/first_block_conv.py`; docs/PERFORMANCE.md, "The first block's convolution as
+  multiply-adds")."""
   groups = x.shape[:-4]
   taps = kernel.reshape(groups + (1, 1, 1, -1, kernel.shape[-1]))  # [..., 1, 1, 1, kh·kw, O]
   out = None
