@@ -125,6 +125,20 @@ def test_step_ab_slices_every_task_to_its_first_query_and_support_images():
   np.testing.assert_array_equal(sliced.support_labels, [[0], [0]])
 
 
+def _without_and_with_patch(patch_name, compute):
+  """`compute()` with the library as it is, then inside `benchmarks/ab_patches/<patch_name>.py`."""
+  library = compute()
+  with step_ab.load_patch(str(_REPO / "benchmarks" / "ab_patches" / f"{patch_name}.py"))():
+    return library, compute()
+
+
+def _assert_same_value_and_gradient(patched, library):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  np.testing.assert_allclose(patched[0], library[0], rtol=1e-4)
+  np.testing.assert_allclose(patched[1], library[1], rtol=1e-3,
+                             atol=1e-3 * np.abs(library[1]).max())
+
+
 @pytest.mark.parametrize("patch_name", ["winograd_off", "winograd_weight_grad_lhs_transposed",
                                         "winograd_no_barriers", "winograd_strided_windows",
                                         "winograd_forward_chunks", "kron_kernel_transform"])
@@ -132,7 +146,6 @@ def test_step_ab_patches_compute_the_same_convolutions_and_restore_the_library(p
   """The A/B patch modules behind docs/PERFORMANCE.md's rows change how, not what: the patched
   native convolution and its kernel gradient equal the library's, which is back afterwards."""
   import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   from jmeta.models import layers, winograd  # pylint: disable=g-import-not-at-top
   keys = jax.random.split(jax.random.key(3), 2)
   x = jax.random.normal(keys[0], (20, 7, 7, 64))  # Winograd applies; 2 forward chunks of 15
@@ -144,11 +157,8 @@ def test_step_ab_patches_compute_the_same_convolutions_and_restore_the_library(p
 
   library = (winograd.conv3x3, winograd.conv3x3_weight_grad, winograd._kernel_transform,  # pylint: disable=protected-access
              winograd._windows, layers.WINOGRAD_MIN_CHANNELS)  # pylint: disable=protected-access
-  expected = conv_and_kernel_grad()
-  with step_ab.load_patch(str(_REPO / "benchmarks" / "ab_patches" / f"{patch_name}.py"))():
-    patched = conv_and_kernel_grad()
-  np.testing.assert_allclose(patched[0], expected[0], rtol=1e-4)
-  np.testing.assert_allclose(patched[1], expected[1], rtol=1e-3, atol=1e-3 * np.abs(expected[1]).max())
+  expected, patched = _without_and_with_patch(patch_name, conv_and_kernel_grad)
+  _assert_same_value_and_gradient(patched, expected)
   assert (winograd.conv3x3, winograd.conv3x3_weight_grad, winograd._kernel_transform,  # pylint: disable=protected-access
           winograd._windows, layers.WINOGRAD_MIN_CHANNELS) == library  # pylint: disable=protected-access
 
@@ -158,7 +168,6 @@ def test_one_channel_library_conv_patch_compiles_a_convolution_with_the_same_val
   convolution (without it, to multiply-adds), the values and kernel gradient stay the same, and
   the library's multiply-adds are back afterwards."""
   import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   from jmeta.models import layers  # pylint: disable=g-import-not-at-top
   keys = jax.random.split(jax.random.key(4), 2)
   x = jax.random.normal(keys[0], (4, 8, 8, 1))
@@ -170,13 +179,10 @@ def test_one_channel_library_conv_patch_compiles_a_convolution_with_the_same_val
     convolutions = loss.lower(kernel).compile().as_text().count(" convolution(")
     return loss(kernel), convolutions
 
-  expected, convolutions = conv_and_kernel_grad()
-  with step_ab.load_patch(str(_REPO / "benchmarks" / "ab_patches" /
-                              "one_channel_library_conv.py"))():
-    patched, patched_convolutions = conv_and_kernel_grad()
+  (expected, convolutions), (patched, patched_convolutions) = _without_and_with_patch(
+      "one_channel_library_conv", conv_and_kernel_grad)
   assert (convolutions, patched_convolutions) == (0, 1)
-  np.testing.assert_allclose(patched[0], expected[0], rtol=1e-5)
-  np.testing.assert_allclose(patched[1], expected[1], rtol=1e-4, atol=1e-4)
+  _assert_same_value_and_gradient(patched, expected)
   assert layers._conv_one_channel is library  # pylint: disable=protected-access
 
 
@@ -185,7 +191,6 @@ def test_per_task_loop_batching_patch_unrolls_the_tasks_with_the_same_values():
   forward product per task under it (one for all tasks without it), with the same convolution
   and kernel gradients; the grouped binding is back afterwards."""
   import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   from jmeta.models import layers  # pylint: disable=g-import-not-at-top
   keys = jax.random.split(jax.random.key(5), 2)
   x = jax.random.normal(keys[0], (3, 2, 7, 7, 64))  # 3 tasks; Winograd applies
@@ -199,13 +204,10 @@ def test_per_task_loop_batching_patch_unrolls_the_tasks_with_the_same_values():
     products = forward.lower(x, kernels).compile().as_text().count(" dot(")
     return step(kernels), products
 
-  expected, grouped_products = conv_and_kernel_grads()
-  with step_ab.load_patch(str(_REPO / "benchmarks" / "ab_patches" /
-                              "per_task_loop_batching.py"))():
-    patched, unrolled_products = conv_and_kernel_grads()
+  (expected, grouped_products), (patched, unrolled_products) = _without_and_with_patch(
+      "per_task_loop_batching", conv_and_kernel_grads)
   assert (grouped_products, unrolled_products) == (1, 3)
-  np.testing.assert_allclose(patched[0], expected[0], rtol=1e-5)
-  np.testing.assert_allclose(patched[1], expected[1], rtol=1e-4, atol=1e-4)
+  _assert_same_value_and_gradient(patched, expected)
   assert layers._bind_grouped is library  # pylint: disable=protected-access
 
 
