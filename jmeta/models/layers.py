@@ -242,7 +242,7 @@ def _to_front(value, dim, size):
 def _bind_grouped(bind, *operands):
   """`bind` on operands with a new leading group axis: the grouped form, or, if the operands are
   grouped already (nested `vmap`), the two group axes merged into one and split again after."""
-  if operands[0].ndim == 5:
+  if _grouped(operands[0]):
     return bind(*operands)
   n, groups = operands[0].shape[:2]
   out = bind(*(operand.reshape((n * groups,) + operand.shape[2:]) for operand in operands))

@@ -185,14 +185,14 @@ def _output_untile(products, x, output_tile):
       :, :height, :width]
 
 
-def _check_kernel(kernel):
-  if kernel.shape[-4:-2] != (3, 3):
-    raise ValueError(f"winograd.conv3x3 needs a 3×3 kernel, got {kernel.shape[-4:-2]}")
-
-
 def _images(x):
   """`x` [N, H, W, C] or per-group [G, N, H, W, C] as one batch of images [G·N, H, W, C]."""
   return x.reshape((-1,) + x.shape[-3:])
+
+
+def _per_group_tiles(tiles, groups):
+  """[positions, G·tiles, C] -> [positions, G, tiles, C] for `groups` (G,); unchanged for ()."""
+  return tiles.reshape(tiles.shape[:1] + groups + (-1,) + tiles.shape[2:])
 
 
 def conv3x3(x: jax.Array, kernel: jax.Array, *,
@@ -203,17 +203,14 @@ def conv3x3(x: jax.Array, kernel: jax.Array, *,
   Per-group kernels: `x` [G, N, H, W, C] with `kernel` [G, 3, 3, C, O] convolves each group's
   images with its own kernel, all groups' tiles in one batched matmul per position (a vmap over
   tasks with per-task kernels, without a loop over the tasks)."""
-  _check_kernel(kernel)
+  if kernel.shape[-4:-2] != (3, 3):
+    raise ValueError(f"winograd.conv3x3 needs a 3×3 kernel, got {kernel.shape[-4:-2]}")
   images = _images(x)
   output_tile = _resolve_output_tile(output_tile, images)
   tiles = _input_tiles(images, output_tile)
-  kernels = _kernel_transform(kernel, output_tile)
-  if kernel.ndim == 5:
-    grouped = tiles.reshape(tiles.shape[:1] + (kernel.shape[0], -1) + tiles.shape[2:])
-    products = jnp.einsum("tgpc,tgco->tgpo", grouped, kernels).reshape(
-        tiles.shape[:2] + kernel.shape[-1:])
-  else:
-    products = jnp.einsum("tpc,tco->tpo", tiles, kernels)
+  products = jnp.einsum("t...pc,t...co->t...po", _per_group_tiles(tiles, x.shape[:-4]),
+                        _kernel_transform(kernel, output_tile))
+  products = products.reshape(tiles.shape[:2] + kernel.shape[-1:])
   return _output_untile(products, images, output_tile).reshape(x.shape[:-1] + kernel.shape[-1:])
 
 
@@ -227,12 +224,8 @@ def conv3x3_weight_grad(x: jax.Array, g: jax.Array, *, output_tile: Optional[int
   for start in range(0, x.shape[-4], images_per_chunk):
     chunk = (Ellipsis, slice(start, start + images_per_chunk), slice(None), slice(None),
              slice(None))
-    tiles = _input_tiles(_images(x[chunk]), output_tile)
-    cotangent_tiles = _output_grad_tiles(_images(g[chunk]), output_tile)
-    if groups:
-      tiles = tiles.reshape(tiles.shape[:1] + groups + (-1,) + tiles.shape[2:])
-      cotangent_tiles = cotangent_tiles.reshape(tiles.shape[:2] + (-1,) + g.shape[-1:])
-      products += jnp.einsum("tgpc,tgpo->tgco", tiles, cotangent_tiles)
-    else:
-      products += jnp.einsum("tpc,tpo->tco", tiles, cotangent_tiles)
+    products += jnp.einsum(
+        "t...pc,t...po->t...co",
+        _per_group_tiles(_input_tiles(_images(x[chunk]), output_tile), groups),
+        _per_group_tiles(_output_grad_tiles(_images(g[chunk]), output_tile), groups))
   return _kernel_untransform(products, output_tile)
