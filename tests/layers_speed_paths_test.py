@@ -104,6 +104,14 @@ def test_conv_equals_xla_in_values_and_derivatives_of_every_order(impl, shape):
         raise AssertionError(f"impl={impl} {name} differs from lax.conv_general_dilated") from error
 
 
+def _maml_task_loss(conv):
+  """A task's loss after one gradient step on its kernel: its gradient is second order."""
+  def task_loss(x, kernel, weights):
+    inner_grad = jax.grad(lambda k: jnp.sum(jnp.tanh(conv(x, k)) * weights))(kernel)
+    return jnp.sum(jnp.tanh(conv(x, kernel - 0.2 * inner_grad)) ** 2)
+  return task_loss
+
+
 @pytest.mark.parametrize("impl", ["native", "matmul"])
 @pytest.mark.parametrize("kernels_per_task", [True, False])
 def test_conv_under_vmap_equals_xla_with_second_order_gradients(impl, kernels_per_task):
@@ -117,11 +125,7 @@ def test_conv_under_vmap_equals_xla_with_second_order_gradients(impl, kernels_pe
     kernel_axis = 0 if kernels_per_task else None
 
     def meta_gradient(conv):
-      def task_loss(x, kernel, weights):
-        inner_grad = jax.grad(lambda k: jnp.sum(jnp.tanh(conv(x, k)) * weights))(kernel)
-        return jnp.sum(jnp.tanh(conv(x, kernel - 0.2 * inner_grad)) ** 2)
-
-      per_task = jax.vmap(task_loss, in_axes=(0, kernel_axis, 0))
+      per_task = jax.vmap(_maml_task_loss(conv), in_axes=(0, kernel_axis, 0))
       return jax.jit(jax.value_and_grad(lambda k: jnp.sum(per_task(x, k, weights))))(kernel)
 
     _close(meta_gradient(_conv(impl)), meta_gradient(_reference_conv))
@@ -139,21 +143,18 @@ def test_native_conv_under_vmap_with_winograd_sized_kernels_equals_xla(nesting):
     weights = jax.random.normal(keys[2], (2, 2, 2, 6, 7, 64), jnp.float64)
 
     def meta_gradient(conv):
-      def task_loss(x, kernel, weights):
-        inner_grad = jax.grad(lambda k: jnp.sum(jnp.tanh(conv(x, k)) * weights))(kernel)
-        return jnp.sum(jnp.tanh(conv(x, kernel - 0.2 * inner_grad)) ** 2)
-
+      task_loss = _maml_task_loss(conv)
       if nesting == "tasks":
-        per_task = jax.vmap(task_loss)
-        operands = (x[0], kernel[0], weights[0])
+        per_task, images, kernels, task_weights = (
+            jax.vmap(task_loss), x[0], kernel[0], weights[0])
       elif nesting == "tasks_of_tasks":
-        per_task = jax.vmap(jax.vmap(task_loss))
-        operands = (x, kernel, weights)
+        per_task, images, kernels, task_weights = (
+            jax.vmap(jax.vmap(task_loss)), x, kernel, weights)
       else:  # an inner vmap over image sets that share their task's kernel
-        per_task = jax.vmap(jax.vmap(task_loss, in_axes=(0, None, 0)), in_axes=(0, 0, 0))
-        operands = (x, kernel[:, 0], weights)
-      loss = lambda k, x, w: jnp.sum(per_task(x, k, w))
-      return jax.jit(jax.value_and_grad(loss))(operands[1], operands[0], operands[2])
+        per_task, images, kernels, task_weights = (
+            jax.vmap(jax.vmap(task_loss, in_axes=(0, None, 0))), x, kernel[:, 0], weights)
+      loss = lambda k: jnp.sum(per_task(images, k, task_weights))
+      return jax.jit(jax.value_and_grad(loss))(kernels)
 
     # Entries reach ~100; Winograd F(4×4, 3×3) rounds at ~1e-13 of that in float64.
     _close(meta_gradient(_conv("native")), meta_gradient(_reference_conv), rtol=1e-8, atol=1e-9)
