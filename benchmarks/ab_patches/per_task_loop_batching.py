@@ -1,16 +1,11 @@
 """step_ab patch: per-task kernels under `vmap` unrolled into one convolution (and one weight
-gradient) per task, stacked, as before session 23, instead of the grouped primitives."""
+gradient) per task, stacked, as before session 23, instead of the grouped primitives: the
+batching rules bind through `layers._per_group` (a loop over the leading axis) instead of
+`layers._bind_grouped`."""
 from unittest import mock
-
-import jax.numpy as jnp
 
 from jmeta.models import layers
 
 
-def _one_per_item(bind, *operands):
-  return jnp.stack([bind(*(operand[i] for operand in operands))
-                    for i in range(operands[0].shape[0])])
-
-
 def patched():
-  return mock.patch.object(layers, "_bind_grouped", _one_per_item)
+  return mock.patch.object(layers, "_bind_grouped", layers._per_group)  # pylint: disable=protected-access
