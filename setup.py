@@ -6,6 +6,8 @@ setuptools.setup(
     version="0.1.0",
     description="Bootstrapped meta self-supervised learning and friends, as pure JAX functions.",
     packages=setuptools.find_packages(include=["jmeta", "jmeta.*"]),
+    # The fused Winograd kernels' C++ source, compiled on first use (jmeta/models/winograd_cpu.py).
+    package_data={"jmeta.models": ["winograd_cpu.cc"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.4.30",

@@ -163,6 +163,27 @@ def test_step_ab_patches_compute_the_same_convolutions_and_restore_the_library(p
           winograd._windows, layers.WINOGRAD_MIN_CHANNELS) == library  # pylint: disable=protected-access
 
 
+def test_winograd_cpu_off_patch_compiles_the_xla_form_with_the_same_values():
+  """The fused-kernels A/B patch: under it a Winograd-sized convolution and its kernel gradient
+  compile to XLA operations (without it, to the two fused custom calls), with the same values;
+  the kernels are back afterwards."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jmeta.models import layers, winograd_cpu  # pylint: disable=g-import-not-at-top
+  keys = jax.random.split(jax.random.key(6), 2)
+  x = jax.random.normal(keys[0], (5, 14, 14, 64))
+  kernel = jax.random.normal(keys[1], (3, 3, 64, 64)) / 24.0
+
+  def conv_and_kernel_grad():
+    step = jax.jit(jax.value_and_grad(lambda k: (layers.conv2d(x, k, impl="native") ** 2).sum()))
+    return step(kernel), step.lower(kernel).compile().as_text().count("jmeta_winograd_")
+
+  (expected, fused_calls), (patched, patched_calls) = _without_and_with_patch(
+      "winograd_cpu_off", conv_and_kernel_grad)
+  assert fused_calls >= 2 and patched_calls == 0
+  _assert_same_value_and_gradient(patched, expected)
+  assert winograd_cpu.enabled()
+
+
 def test_one_channel_library_conv_patch_compiles_a_convolution_with_the_same_values():
   """The first-block A/B patch: under it the one-channel convolution compiles to a library
   convolution (without it, to multiply-adds), the values and kernel gradient stay the same, and
@@ -187,9 +208,9 @@ def test_one_channel_library_conv_patch_compiles_a_convolution_with_the_same_val
 
 
 def test_per_task_loop_batching_patch_unrolls_the_tasks_with_the_same_values():
-  """The grouped-vs-unrolled A/B patch: vmapped per-task kernels compile to one Winograd
-  forward product per task under it (one for all tasks without it), with the same convolution
-  and kernel gradients; the grouped binding is back afterwards."""
+  """The grouped-vs-unrolled A/B patch: vmapped per-task kernels compile to one fused Winograd
+  convolution per task under it (one for all tasks without it), with the same convolution and
+  kernel gradients; the grouped binding is back afterwards."""
   import jax  # pylint: disable=g-import-not-at-top
   from jmeta.models import layers  # pylint: disable=g-import-not-at-top
   keys = jax.random.split(jax.random.key(5), 2)
@@ -201,12 +222,13 @@ def test_per_task_loop_batching_patch_unrolls_the_tasks_with_the_same_values():
     loss = lambda k: (jax.vmap(lambda x, k: layers.conv2d(x, k, impl="native"))(x, k) ** 2).sum()
     step = jax.jit(jax.value_and_grad(loss))
     forward = jax.jit(jax.vmap(lambda x, k: layers.conv2d(x, k, impl="native")))
-    products = forward.lower(x, kernels).compile().as_text().count(" dot(")
-    return step(kernels), products
+    calls = forward.lower(x, kernels).compile().as_text().count(
+        'custom_call_target="jmeta_winograd_conv"')
+    return step(kernels), calls
 
-  (expected, grouped_products), (patched, unrolled_products) = _without_and_with_patch(
+  (expected, grouped_calls), (patched, unrolled_calls) = _without_and_with_patch(
       "per_task_loop_batching", conv_and_kernel_grads)
-  assert (grouped_products, unrolled_products) == (1, 3)
+  assert (grouped_calls, unrolled_calls) == (1, 3)
   _assert_same_value_and_gradient(patched, expected)
   assert layers._bind_grouped is library  # pylint: disable=protected-access
 

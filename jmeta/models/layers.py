@@ -34,6 +34,7 @@ from jax.interpreters import batching
 from jax.interpreters import mlir
 
 from jmeta.models import winograd
+from jmeta.models import winograd_cpu
 
 CONV_IMPLS = ("matmul", "xla", "native")
 NORM_MODES = ("batch", "group", "none")
@@ -172,6 +173,8 @@ def _conv_cpu_impl(x, kernel, *, size):
   if x.shape[-1] == 1:
     return _conv_one_channel(x, kernel, size=size)  # grouped or not
   if _winograd_applies(x, kernel.shape[-1], size):
+    if winograd_cpu.applies(x, kernel.shape[-1]):
+      return winograd_cpu.conv3x3(x, kernel)  # grouped or not
     return winograd.conv3x3(x, kernel)  # grouped or not
   if _grouped(x):
     return _per_group(_conv_cpu_impl, x, kernel, size=size)
@@ -182,6 +185,8 @@ def _weight_grad_cpu_impl(x, g, *, size):
   if x.shape[-1] == 1:
     return _weight_grad_one_channel(x, g, size=size)  # grouped or not
   if _winograd_applies(x, g.shape[-1], size):
+    if winograd_cpu.applies(x, g.shape[-1]):
+      return winograd_cpu.conv3x3_weight_grad(x, g)  # grouped or not
     return winograd.conv3x3_weight_grad(x, g)  # grouped or not
   if _grouped(x):
     return _per_group(_weight_grad_cpu_impl, x, g, size=size)
