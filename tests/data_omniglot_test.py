@@ -1,7 +1,8 @@
 """Omniglot loader on the real archives of the data directory.
 
-The two archives are decoded once per session (module fixture `cold`, into the session's
-``$JMETA_CACHE_DIR``); every other load here is a cache hit.
+The two archives are decoded once per module (module fixture `cold`, into this module's own
+``$JMETA_CACHE_DIR``, so what other test modules cached before does not warm it); every other load
+here is a cache hit.
 """
 import io
 import json
@@ -19,7 +20,7 @@ from jmeta.data import omniglot
 from jmeta.data import paths
 from jmeta.data.dataset import Dataset
 
-pytestmark = pytest.mark.usefixtures("cache_dir")
+pytestmark = pytest.mark.usefixtures("module_cache_dir")
 
 COUNTS = {"background": (964, 19280), "evaluation": (659, 13180)}
 VINYALS = {"vinyals_train": 1028, "vinyals_val": 172, "vinyals_test": 423}
@@ -27,13 +28,23 @@ NAME = re.compile(r"^images_(background|evaluation)/[^/]+/character\d\d$")
 
 
 @pytest.fixture(scope="module")
-def cold(data_dir, cache_dir):
+def module_cache_dir(cache_dir, tmp_path_factory):
+  """A fresh ``$JMETA_CACHE_DIR`` for this module (the session's is restored after it)."""
+  del cache_dir  # the session's, set first so that this one overrides it
+  path = tmp_path_factory.mktemp("omniglot_cache")
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv(paths.CACHE_DIR_ENV, str(path))
+    yield path
+
+
+@pytest.fixture(scope="module")
+def cold(data_dir, module_cache_dir):
   """Cold decodes (cache empty before) of both archives at 28x28."""
   out = {}
   for split, archive in omniglot.ARCHIVES.items():
-    assert not list(cache_dir.glob(f"omniglot-{archive}-*")), "cache should start cold"
+    assert not list(module_cache_dir.glob(f"omniglot-{archive}-*")), "cache should start cold"
     out[split] = omniglot.load(split, data_dir=data_dir)
-    assert len(list(cache_dir.glob(f"omniglot-{archive}-28px-*.npz"))) == 1
+    assert len(list(module_cache_dir.glob(f"omniglot-{archive}-28px-*.npz"))) == 1
   return out
 
 
