@@ -175,6 +175,22 @@ struct Geometry {
   }
 };
 
+// Loads the 6x6 pixels (16 channels from c) of the tile whose top-left input pixel is (top,
+// left): zero outside the image unless kInterior says the tile is inside it.
+template <bool kInterior>
+inline void LoadTile(const float* image, const Geometry& geo, int64_t channels, int64_t top,
+                     int64_t left, int64_t c, v16 d[kTile][kTile]) {
+  for (int i = 0; i < kTile; ++i) {
+    const int64_t y = top + i;
+    const bool row_inside = kInterior || (y >= 0 && y < geo.height);
+    for (int j = 0; j < kTile; ++j) {
+      const int64_t x = left + j;
+      d[i][j] = (kInterior || (row_inside && x >= 0 && x < geo.width))
+                    ? Load(image + (y * geo.width + x) * channels + c) : v16{};
+    }
+  }
+}
+
 // Bᵀ d B of tiles [first, first + count) of x (one group, C channels): v [36][count][C].
 // Tile (i, j) reads input rows 4i - 1 ... 4i + 4 and columns 4j - 1 ... 4j + 4, zero outside.
 void InputTiles(const float* x, const Geometry& geo, int64_t channels, int64_t first, int count,
@@ -182,16 +198,15 @@ void InputTiles(const float* x, const Geometry& geo, int64_t channels, int64_t f
   for (int t = 0; t < count; ++t) {
     int64_t offset, row, col;
     geo.Locate(first + t, &offset, &row, &col);
+    const int64_t top = row - 1, left = col - 1;
+    const bool interior = top >= 0 && top + kTile <= geo.height && left >= 0 &&
+                          left + kTile <= geo.width;
     for (int64_t c = 0; c < channels; c += kLanes) {
       v16 d[kTile][kTile], rows[kTile][kTile];
-      for (int i = 0; i < kTile; ++i) {
-        int64_t y = row - 1 + i;
-        for (int j = 0; j < kTile; ++j) {
-          int64_t xx = col - 1 + j;
-          d[i][j] = (y >= 0 && y < geo.height && xx >= 0 && xx < geo.width)
-                        ? Load(x + (offset + y * geo.width + xx) * channels + c) : v16{};
-        }
-      }
+      if (interior)
+        LoadTile<true>(x + offset * channels, geo, channels, top, left, c, d);
+      else
+        LoadTile<false>(x + offset * channels, geo, channels, top, left, c, d);
       for (int j = 0; j < kTile; ++j) InputRow(&d[0][j], kTile, &rows[0][j], kTile);
       for (int i = 0; i < kTile; ++i) {
         v16 out[kTile];
@@ -282,8 +297,9 @@ void KernelGrad(const float* m, int64_t channels, int64_t out_channels, float* d
 // Runs body(i) for i in [0, items) on the calling thread and up to threads - 1 pool workers.
 // Items are claimed from a shared counter; the caller returns once every item has finished.
 // The shared state lives on the heap: a worker may start after all items are done.
+// At most max_threads threads (0: all of the pool's).
 template <typename Body>
-void ParallelFor(ffi::ThreadPool& pool, int64_t items, const Body& body) {
+void ParallelFor(ffi::ThreadPool& pool, int64_t max_threads, int64_t items, const Body& body) {
   struct State {
     std::atomic<int64_t> next{0}, done{0};
   };
@@ -295,7 +311,9 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t items, const Body& body) {
       state->done.fetch_add(1, std::memory_order_release);
     }
   };
-  int64_t helpers = std::min<int64_t>(pool.num_threads(), items) - 1;
+  int64_t threads = pool.num_threads();
+  if (max_threads > 0) threads = std::min(threads, max_threads);
+  int64_t helpers = std::min(threads, items) - 1;
   for (int64_t h = 0; h < helpers; ++h) pool.Schedule(decltype(work)(work));
   work();
   while (state->done.load(std::memory_order_acquire) < items) std::this_thread::yield();
@@ -314,8 +332,7 @@ ffi::Error CheckChannels(int64_t channels, int64_t out_channels) {
   return ffi::Error::Success();
 }
 
-ffi::Error Conv(ffi::ThreadPool pool, Array5 x, Array5 k,
-                Result5 y) {
+ffi::Error Conv(ffi::ThreadPool pool, Array5 x, Array5 k, Result5 y, int64_t max_threads) {
   auto xd = x.dimensions(), kd = k.dimensions();
   const int64_t groups = xd[0], channels = xd[4], out_channels = kd[4];
   if (kd[0] != groups || kd[1] != 3 || kd[2] != 3 || kd[3] != channels)
@@ -327,7 +344,7 @@ ffi::Error Conv(ffi::ThreadPool pool, Array5 x, Array5 k,
   for (int64_t g = 0; g < groups; ++g)
     KernelTransform(k.typed_data() + g * 9 * plane, channels, out_channels, &u[g * kPositions * plane]);
   const int64_t blocks = (geo.tiles() + kConvBlockTiles - 1) / kConvBlockTiles;
-  ParallelFor(pool, groups * blocks, [&](int64_t item) {
+  ParallelFor(pool, max_threads, groups * blocks, [&](int64_t item) {
     thread_local std::vector<float> v, m;
     v.resize(kPositions * kConvBlockTiles * channels);
     m.resize(kPositions * kConvBlockTiles * out_channels);
@@ -344,8 +361,8 @@ ffi::Error Conv(ffi::ThreadPool pool, Array5 x, Array5 k,
   return ffi::Error::Success();
 }
 
-ffi::Error WeightGrad(ffi::ThreadPool pool, Array5 x,
-                      Array5 dy, Result5 dk) {
+ffi::Error WeightGrad(ffi::ThreadPool pool, Array5 x, Array5 dy, Result5 dk,
+                      int64_t max_threads) {
   auto xd = x.dimensions(), dyd = dy.dimensions();
   const int64_t groups = xd[0], channels = xd[4], out_channels = dyd[4];
   for (int axis = 0; axis < 4; ++axis)
@@ -357,12 +374,13 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, Array5 x,
   // Each group's tiles in `parts` contiguous ranges of whole blocks, each summed into its own
   // [36][C][O] products, so the threads never write the same memory; then summed per group.
   const int64_t blocks = (geo.tiles() + kWeightGradBlockTiles - 1) / kWeightGradBlockTiles;
-  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  if (max_threads > 0) threads = std::min(threads, max_threads);
   const int64_t parts =
       std::max<int64_t>(1, std::min<int64_t>(blocks, (threads + groups - 1) / groups));
   const int64_t blocks_per_part = (blocks + parts - 1) / parts;
   std::vector<float> products(groups * parts * kPositions * plane);
-  ParallelFor(pool, groups * parts, [&](int64_t item) {
+  ParallelFor(pool, max_threads, groups * parts, [&](int64_t item) {
     thread_local std::vector<float> v, gt;
     v.resize(kPositions * kWeightGradBlockTiles * channels);
     gt.resize(kPositions * kWeightGradBlockTiles * out_channels);
@@ -411,11 +429,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JmetaWinogradConv, Conv,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<Array5>()
                                   .Arg<Array5>()
-                                  .Ret<Array5>());
+                                  .Ret<Array5>()
+                                  .Attr<int64_t>("max_threads"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JmetaWinogradWeightGrad, WeightGrad,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<Array5>()
                                   .Arg<Array5>()
-                                  .Ret<Array5>());
+                                  .Ret<Array5>()
+                                  .Attr<int64_t>("max_threads"));

@@ -29,6 +29,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jmeta.models import winograd
 
@@ -36,6 +37,10 @@ DISABLE_ENV = "JMETA_CPU_KERNELS"
 CACHE_ENV = "JMETA_KERNEL_CACHE"
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "winograd_cpu.cc")
 CHANNEL_MULTIPLE = 16  # the kernels' vectors: 16 float32 channels
+
+# Threads per call, at most (0: all of XLA's intra-op pool). docs/PERFORMANCE.md measures 1
+# against all with two devices on two cores.
+MAX_THREADS = 0
 
 _CONV_TARGET = "jmeta_winograd_conv"
 _WEIGHT_GRAD_TARGET = "jmeta_winograd_weight_grad"
@@ -159,7 +164,7 @@ def conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
   _check(x, kernel, "kernel", x.shape[:-4] + (3, 3, x.shape[-1], kernel.shape[-1]))
   out = jax.ffi.ffi_call(
       _CONV_TARGET, jax.ShapeDtypeStruct(_as_groups(x).shape[:-1] + kernel.shape[-1:], x.dtype))(
-          _as_groups(x), _as_groups(kernel))
+          _as_groups(x), _as_groups(kernel), max_threads=np.int64(MAX_THREADS))
   return out.reshape(x.shape[:-1] + kernel.shape[-1:])
 
 
@@ -171,5 +176,5 @@ def conv3x3_weight_grad(x: jax.Array, g: jax.Array) -> jax.Array:
   out = jax.ffi.ffi_call(
       _WEIGHT_GRAD_TARGET,
       jax.ShapeDtypeStruct((groups, 3, 3, x.shape[-1], g.shape[-1]), x.dtype))(
-          _as_groups(x), _as_groups(g))
+          _as_groups(x), _as_groups(g), max_threads=np.int64(MAX_THREADS))
   return out.reshape(x.shape[:-4] + (3, 3, x.shape[-1], g.shape[-1]))
