@@ -191,7 +191,8 @@ inline void LoadTile(const float* image, const Geometry& geo, int64_t channels, 
   }
 }
 
-// Bᵀ d B of tiles [first, first + count) of x (one group, C channels): v [36][count][C].
+// Bᵀ d B of tiles [first, first + count) of x (one group, C channels): v [count][36][C]
+// (tile-major: each tile's 36 positions are written contiguously).
 // Tile (i, j) reads input rows 4i - 1 ... 4i + 4 and columns 4j - 1 ... 4j + 4, zero outside.
 void InputTiles(const float* x, const Geometry& geo, int64_t channels, int64_t first, int count,
                 float* v) {
@@ -212,13 +213,13 @@ void InputTiles(const float* x, const Geometry& geo, int64_t channels, int64_t f
         v16 out[kTile];
         InputRow(&rows[i][0], 1, out, 1);
         for (int j = 0; j < kTile; ++j)
-          Store(v + ((i * kTile + j) * count + t) * channels + c, out[j]);
+          Store(v + (t * kPositions + i * kTile + j) * channels + c, out[j]);
       }
     }
   }
 }
 
-// A g Aᵀ of the 4x4 output-gradient blocks of tiles [first, first + count): [36][count][O].
+// A g Aᵀ of the 4x4 output-gradient blocks of tiles [first, first + count): [count][36][O].
 void GradTiles(const float* dy, const Geometry& geo, int64_t channels, int64_t first, int count,
                float* gt) {
   for (int t = 0; t < count; ++t) {
@@ -236,13 +237,13 @@ void GradTiles(const float* dy, const Geometry& geo, int64_t channels, int64_t f
         v16 out[kTile];
         GradRow(&rows[i][0], 1, out, 1);
         for (int j = 0; j < kTile; ++j)
-          Store(gt + ((i * kTile + j) * count + t) * channels + c, out[j]);
+          Store(gt + (t * kPositions + i * kTile + j) * channels + c, out[j]);
       }
     }
   }
 }
 
-// Aᵀ M A of m [36][count][O] into the tiles' output blocks of y (cut at the image's edge).
+// Aᵀ M A of m [count][36][O] into the tiles' output blocks of y (cut at the image's edge).
 void OutputBlocks(const float* m, const Geometry& geo, int64_t channels, int64_t first, int count,
                   float* y) {
   for (int t = 0; t < count; ++t) {
@@ -251,7 +252,7 @@ void OutputBlocks(const float* m, const Geometry& geo, int64_t channels, int64_t
     for (int64_t c = 0; c < channels; c += kLanes) {
       v16 in[kTile][kTile], rows[kBlock][kTile];
       for (int p = 0; p < kPositions; ++p)
-        in[p / kTile][p % kTile] = Load(m + (p * count + t) * channels + c);
+        in[p / kTile][p % kTile] = Load(m + (t * kPositions + p) * channels + c);
       for (int j = 0; j < kTile; ++j) OutputRow(&in[0][j], kTile, &rows[0][j], kTile);
       for (int i = 0; i < kBlock && row + i < geo.height; ++i) {
         v16 out[kBlock];
@@ -352,9 +353,9 @@ ffi::Error Conv(ffi::ThreadPool pool, Array5 x, Array5 k, Result5 y, int64_t max
     const int count = static_cast<int>(std::min<int64_t>(kConvBlockTiles, geo.tiles() - first));
     InputTiles(x.typed_data() + g * geo.pixels() * channels, geo, channels, first, count, v.data());
     for (int p = 0; p < kPositions; ++p)
-      Gemm<false>(count, out_channels, channels, &v[p * count * channels], channels, 1,
-                  &u[(g * kPositions + p) * plane], out_channels, &m[p * count * out_channels],
-                  out_channels);
+      Gemm<false>(count, out_channels, channels, &v[p * channels], kPositions * channels, 1,
+                  &u[(g * kPositions + p) * plane], out_channels, &m[p * out_channels],
+                  kPositions * out_channels);
     OutputBlocks(m.data(), geo, out_channels, first, count,
                  y->typed_data() + g * geo.pixels() * out_channels);
   });
@@ -399,15 +400,15 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, Array5 x, Array5 dy, Result5 dk,
       GradTiles(dy.typed_data() + g * geo.pixels() * out_channels, geo, out_channels, first,
                 count, gt.data());
       for (int p = 0; p < kPositions; ++p) {
-        const float* vp = &v[p * count * channels];
-        const float* gp = &gt[p * count * out_channels];
+        const float* vp = &v[p * channels];
+        const float* gp = &gt[p * out_channels];
         float* out = sum + p * plane;
         if (first == begin)
-          Gemm<false>(channels, out_channels, count, vp, 1, channels, gp, out_channels, out,
-                      out_channels);
+          Gemm<false>(channels, out_channels, count, vp, 1, kPositions * channels, gp,
+                      kPositions * out_channels, out, out_channels);
         else
-          Gemm<true>(channels, out_channels, count, vp, 1, channels, gp, out_channels, out,
-                     out_channels);
+          Gemm<true>(channels, out_channels, count, vp, 1, kPositions * channels, gp,
+                     kPositions * out_channels, out, out_channels);
       }
     }
   });
