@@ -266,11 +266,14 @@ def test_cpu_weight_gradient_of_one_input_channel_is_one_matmul(size):
 
 @pytest.mark.parametrize("size", [(3, 3), (5, 3)])
 @pytest.mark.parametrize("kernels_per_task", [False, True])
-def test_cpu_convolution_of_one_input_channel_is_multiply_adds(size, kernels_per_task):
-  """A one-channel input's convolution (Conv4's first block) compiles to broadcast multiply-adds
-  of the shifted input, no convolution, alone and vmapped with per-task kernels (the grouped
-  primitive), and equals `lax.conv_general_dilated` with the pooling that follows it, to second
-  order (float64)."""
+def test_cpu_convolution_of_one_input_channel_is_multiply_adds(size, kernels_per_task,
+                                                               monkeypatch):
+  """With `layers.ONE_CHANNEL_MULTIPLY_ADDS` (off by default since session 24), a one-channel
+  input's convolution (Conv4's first block) compiles to broadcast multiply-adds of the shifted
+  input, no convolution, alone and vmapped with per-task kernels (the grouped primitive), and
+  equals `lax.conv_general_dilated` with the pooling that follows it, to second order
+  (float64)."""
+  monkeypatch.setattr(layers, "ONE_CHANNEL_MULTIPLY_ADDS", True)
   keys = jax.random.split(jax.random.key(size[0] + kernels_per_task), 3)
   with jax.enable_x64(True):
     x = jax.random.normal(keys[0], (2, 5, 6, 5, 1), jnp.float64)

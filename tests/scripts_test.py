@@ -184,16 +184,18 @@ def test_winograd_cpu_off_patch_compiles_the_xla_form_with_the_same_values():
   assert winograd_cpu.enabled()
 
 
-def test_one_channel_library_conv_patch_compiles_a_convolution_with_the_same_values():
-  """The first-block A/B patch: under it the one-channel convolution compiles to a library
-  convolution (without it, to multiply-adds), the values and kernel gradient stay the same, and
-  the library's multiply-adds are back afterwards."""
+def test_one_channel_multiply_adds_constant_patch_compiles_no_convolution_with_the_same_values(
+    monkeypatch):
+  """The first-block A/B (`AB_CONSTANT=layers.ONE_CHANNEL_MULTIPLY_ADDS=1` through
+  set_constant.py): under it the one-channel convolution compiles to multiply-adds (by default,
+  to one library convolution), the values and kernel gradient stay the same, and the default is
+  back afterwards."""
   import jax  # pylint: disable=g-import-not-at-top
   from jmeta.models import layers  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv("AB_CONSTANT", "layers.ONE_CHANNEL_MULTIPLY_ADDS=1")
   keys = jax.random.split(jax.random.key(4), 2)
   x = jax.random.normal(keys[0], (4, 8, 8, 1))
   kernel = jax.random.normal(keys[1], (3, 3, 1, 16))
-  library = layers._conv_one_channel  # pylint: disable=protected-access
 
   def conv_and_kernel_grad():
     loss = jax.jit(jax.value_and_grad(lambda k: (layers.conv2d(x, k, impl="native") ** 2).sum()))
@@ -201,10 +203,10 @@ def test_one_channel_library_conv_patch_compiles_a_convolution_with_the_same_val
     return loss(kernel), convolutions
 
   (expected, convolutions), (patched, patched_convolutions) = _without_and_with_patch(
-      "one_channel_library_conv", conv_and_kernel_grad)
-  assert (convolutions, patched_convolutions) == (0, 1)
+      "set_constant", conv_and_kernel_grad)
+  assert (convolutions, patched_convolutions) == (1, 0)
   _assert_same_value_and_gradient(patched, expected)
-  assert layers._conv_one_channel is library  # pylint: disable=protected-access
+  assert layers.ONE_CHANNEL_MULTIPLY_ADDS is False
 
 
 def test_per_task_loop_batching_patch_unrolls_the_tasks_with_the_same_values():

@@ -169,8 +169,16 @@ def _conv_one_channel(x, kernel, *, size):
   return out
 
 
+# Whether the CPU lowering uses `_conv_one_channel` for one-channel inputs. Since session 23 it did
+# (the step 1-5% faster then); with the fused Winograd kernels of session 24 the library
+# convolution made the step 8-9% faster (`so`, `fo`, `bmg1`: docs/PERFORMANCE.md, "The first
+# block's convolution as multiply-adds"): XLA recomputed the multiply-adds inside the max-pool's
+# derivative, which then took 5 ms per query set.
+ONE_CHANNEL_MULTIPLY_ADDS = False
+
+
 def _conv_cpu_impl(x, kernel, *, size):
-  if x.shape[-1] == 1:
+  if x.shape[-1] == 1 and ONE_CHANNEL_MULTIPLY_ADDS:
     return _conv_one_channel(x, kernel, size=size)  # grouped or not
   if _winograd_applies(x, kernel.shape[-1], size):
     if winograd_cpu.applies(x, kernel.shape[-1]):
