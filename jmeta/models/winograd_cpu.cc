@@ -177,6 +177,20 @@ struct Geometry {
 
 // Loads the 6x6 pixels (16 channels from c) of the tile whose top-left input pixel is (top,
 // left): zero outside the image unless kInterior says the tile is inside it.
+// The 2-D transform of a tile's kIn x kIn pixels (16 channels) by the 1-D transform kRow
+// (kIn -> 6 entries), along the columns and then the rows, stored with the 36 entries one
+// `channels` apart from `out` (tile-major).
+template <int kIn, void (*kRow)(const v16*, int, v16*, int)>
+inline void TransformAndStore(v16 (&d)[kIn][kIn], int64_t channels, float* out) {
+  v16 rows[kTile][kIn];
+  for (int j = 0; j < kIn; ++j) kRow(&d[0][j], kIn, &rows[0][j], kIn);
+  for (int i = 0; i < kTile; ++i) {
+    v16 transformed[kTile];
+    kRow(&rows[i][0], 1, transformed, 1);
+    for (int j = 0; j < kTile; ++j) Store(out + (i * kTile + j) * channels, transformed[j]);
+  }
+}
+
 template <bool kInterior>
 inline void LoadTile(const float* image, const Geometry& geo, int64_t channels, int64_t top,
                      int64_t left, int64_t c, v16 d[kTile][kTile]) {
@@ -203,18 +217,12 @@ void InputTiles(const float* x, const Geometry& geo, int64_t channels, int64_t f
     const bool interior = top >= 0 && top + kTile <= geo.height && left >= 0 &&
                           left + kTile <= geo.width;
     for (int64_t c = 0; c < channels; c += kLanes) {
-      v16 d[kTile][kTile], rows[kTile][kTile];
+      v16 d[kTile][kTile];
       if (interior)
         LoadTile<true>(x + offset * channels, geo, channels, top, left, c, d);
       else
         LoadTile<false>(x + offset * channels, geo, channels, top, left, c, d);
-      for (int j = 0; j < kTile; ++j) InputRow(&d[0][j], kTile, &rows[0][j], kTile);
-      for (int i = 0; i < kTile; ++i) {
-        v16 out[kTile];
-        InputRow(&rows[i][0], 1, out, 1);
-        for (int j = 0; j < kTile; ++j)
-          Store(v + (t * kPositions + i * kTile + j) * channels + c, out[j]);
-      }
+      TransformAndStore<kTile, InputRow>(d, channels, v + t * kPositions * channels + c);
     }
   }
 }
@@ -226,19 +234,13 @@ void GradTiles(const float* dy, const Geometry& geo, int64_t channels, int64_t f
     int64_t offset, row, col;
     geo.Locate(first + t, &offset, &row, &col);
     for (int64_t c = 0; c < channels; c += kLanes) {
-      v16 g[kBlock][kBlock], rows[kTile][kBlock];
+      v16 g[kBlock][kBlock];
       for (int i = 0; i < kBlock; ++i)
         for (int j = 0; j < kBlock; ++j)
           g[i][j] = (row + i < geo.height && col + j < geo.width)
                         ? Load(dy + (offset + (row + i) * geo.width + col + j) * channels + c)
                         : v16{};
-      for (int j = 0; j < kBlock; ++j) GradRow(&g[0][j], kBlock, &rows[0][j], kBlock);
-      for (int i = 0; i < kTile; ++i) {
-        v16 out[kTile];
-        GradRow(&rows[i][0], 1, out, 1);
-        for (int j = 0; j < kTile; ++j)
-          Store(gt + (t * kPositions + i * kTile + j) * channels + c, out[j]);
-      }
+      TransformAndStore<kBlock, GradRow>(g, channels, gt + t * kPositions * channels + c);
     }
   }
 }
