@@ -297,10 +297,15 @@ void KernelGrad(const float* m, int64_t channels, int64_t out_channels, float* d
   }
 }
 
-// Runs body(i) for i in [0, items) on the calling thread and up to threads - 1 pool workers.
+// How many threads a kernel call uses: the pool's, at most max_threads (0: no limit), at least 1.
+int64_t Threads(ffi::ThreadPool& pool, int64_t max_threads) {
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  return max_threads > 0 ? std::min(threads, max_threads) : threads;
+}
+
+// Runs body(i) for i in [0, items) on the calling thread and up to Threads() - 1 pool workers.
 // Items are claimed from a shared counter; the caller returns once every item has finished.
 // The shared state lives on the heap: a worker may start after all items are done.
-// At most max_threads threads (0: all of the pool's).
 template <typename Body>
 void ParallelFor(ffi::ThreadPool& pool, int64_t max_threads, int64_t items, const Body& body) {
   struct State {
@@ -314,9 +319,7 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t max_threads, int64_t items, cons
       state->done.fetch_add(1, std::memory_order_release);
     }
   };
-  int64_t threads = pool.num_threads();
-  if (max_threads > 0) threads = std::min(threads, max_threads);
-  int64_t helpers = std::min(threads, items) - 1;
+  const int64_t helpers = std::min(Threads(pool, max_threads), items) - 1;
   for (int64_t h = 0; h < helpers; ++h) pool.Schedule(decltype(work)(work));
   work();
   while (state->done.load(std::memory_order_acquire) < items) std::this_thread::yield();
@@ -377,8 +380,7 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, Array5 x, Array5 dy, Result5 dk,
   // Each group's tiles in `parts` contiguous ranges of whole blocks, each summed into its own
   // [36][C][O] products, so the threads never write the same memory; then summed per group.
   const int64_t blocks = (geo.tiles() + kWeightGradBlockTiles - 1) / kWeightGradBlockTiles;
-  int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  if (max_threads > 0) threads = std::min(threads, max_threads);
+  const int64_t threads = Threads(pool, max_threads);
   const int64_t parts =
       std::max<int64_t>(1, std::min<int64_t>(blocks, (threads + groups - 1) / groups));
   const int64_t blocks_per_part = (blocks + parts - 1) / parts;

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jmeta.data import paths
 from jmeta.models import winograd
 
 DISABLE_ENV = "JMETA_CPU_KERNELS"
@@ -50,10 +51,7 @@ _log = logging.getLogger(__name__)
 
 
 def _cache_dir() -> str:
-  if os.environ.get(CACHE_ENV):
-    return os.environ[CACHE_ENV]
-  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(base, "jmeta")
+  return os.environ.get(CACHE_ENV) or str(paths.user_cache_root())
 
 
 def _cpu_description() -> str:
